@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MpiConfig(AppConfig):
+    name = "exchange.mpi"
+    label = "mpi"

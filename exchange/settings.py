@@ -1,0 +1,166 @@
+"""Settings for the provincial image exchange. Configuration comes from the environment only;
+docs/configuration.md lists every variable."""
+
+from pathlib import Path
+
+import dj_database_url
+
+from exchange.env import ConfigurationError, env_bool, env_int, env_list, env_secret, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("EXCHANGE_VAR_DIR") or BASE_DIR / "var")
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = env_secret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ConfigurationError("SECRET_KEY is required unless DEBUG=1 (see docs/configuration.md)")
+    # Development only: never used when DEBUG is off.
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "guardian",
+    "hospitals",
+    "exchange.mpi",
+    "exchange.studies",
+    "exchange.dicomweb",
+    "exchange.viewer",
+    "consent",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "exchange.urls"
+WSGI_APPLICATION = "exchange.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "exchange" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Embedded default: an SQLite file under var/. Production and CI: DATABASE_URL=postgres://...
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'exchange.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the demo's page requests read while an import writes.
+    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = env_str("TIME_ZONE") or "Asia/Shanghai"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+# --- Storage and ingest -------------------------------------------------------------------
+EXCHANGE_STORAGE_DIR = Path(env_str("EXCHANGE_STORAGE_DIR") or VAR_DIR / "storage")
+# One DICOM instance larger than this is refused (bytes). 2 GiB covers large multi-frame objects.
+EXCHANGE_MAX_INSTANCE_BYTES = env_int("EXCHANGE_MAX_INSTANCE_BYTES", 2 * 1024**3)
+# A whole STOW-RS request body larger than this is refused with 413 before it is read.
+EXCHANGE_MAX_STOW_BYTES = env_int("EXCHANGE_MAX_STOW_BYTES", 32 * 1024**3)
+# ZIP import: the most bytes all entries may expand to, and the most entries (ZIP bomb bounds).
+EXCHANGE_ZIP_MAX_TOTAL_BYTES = env_int("EXCHANGE_ZIP_MAX_TOTAL_BYTES", 20 * 1024**3)
+EXCHANGE_ZIP_MAX_ENTRIES = env_int("EXCHANGE_ZIP_MAX_ENTRIES", 200_000)
+EXCHANGE_ZIP_MAX_RATIO = env_int("EXCHANGE_ZIP_MAX_RATIO", 200)
+# Keyed blind index for identity card numbers (HMAC-SHA256). Required outside DEBUG.
+EXCHANGE_IDENTITY_HMAC_KEY = env_secret("EXCHANGE_IDENTITY_HMAC_KEY") or (SECRET_KEY if DEBUG else None)
+if not EXCHANGE_IDENTITY_HMAC_KEY:
+    raise ConfigurationError("EXCHANGE_IDENTITY_HMAC_KEY is required unless DEBUG=1")
+# Base URL that DICOMweb RetrieveURL attributes are built on; empty: taken from the request.
+EXCHANGE_PUBLIC_URL = (env_str("EXCHANGE_PUBLIC_URL") or "").rstrip("/")
+QIDO_MAX_LIMIT = env_int("QIDO_MAX_LIMIT", 1000)
+
+# --- Celery --------------------------------------------------------------------------------
+# Unset broker: tasks run eagerly in-process (the embedded demo). Set: a real broker.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or None
+CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3600)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3900)
+CELERY_BEAT_SCHEDULE: dict = {}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "INFO"},
+    # pydicom warns with element values (names, ids) when it meets odd data: keep them out.
+    "loggers": {"pydicom": {"level": "ERROR"}},
+}

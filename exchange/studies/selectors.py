@@ -1,0 +1,46 @@
+"""Reads of the study index that carry a rule: every one goes through consent.policy."""
+
+from dataclasses import dataclass
+
+from consent import policy
+from exchange.studies.models import Instance, Series, Study
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass
+class Denied(Exception):
+    decision: policy.Decision
+    study: Study
+
+
+def studies_for_read(actor, study_uid: str) -> list[Study]:
+    """The visible studies with this StudyInstanceUID (normally one). Raises Denied with the
+    policy's decision if the study exists but the actor may not see it, NotFound otherwise."""
+    visible = list(policy.visible_studies(actor, Study.objects.filter(study_instance_uid=study_uid)).select_related("patient", "hospital"))
+    allowed = []
+    for study in visible:
+        decision = policy.decide(actor, study.patient, policy.purpose_for(actor), study=study)
+        if decision.allowed:
+            allowed.append((study, decision))
+    if allowed:
+        return [s for s, _ in allowed]
+    hidden = Study.objects.filter(study_instance_uid=study_uid).select_related("patient", "hospital").first()
+    if hidden is None:
+        raise NotFound("no such study")
+    raise Denied(policy.decide(actor, hidden.patient, policy.purpose_for(actor), study=hidden), hidden)
+
+
+def instances_in(studies: list[Study], series_uid: str | None = None, sop_uid: str | None = None):
+    qs = Instance.objects.filter(series__study__in=studies).select_related("series__study")
+    if series_uid:
+        qs = qs.filter(series__series_instance_uid=series_uid)
+    if sop_uid:
+        qs = qs.filter(sop_instance_uid=sop_uid)
+    return qs.order_by("series__series_number", "series__id", "instance_number", "id")
+
+
+def series_in(studies: list[Study]):
+    return Series.objects.filter(study__in=studies).select_related("study").order_by("series_number", "id")

@@ -1,0 +1,132 @@
+"""Pages for people: clinician search and study viewing, the hospital admin's ingest summary.
+
+Every page that shows patient data reads through consent.policy and writes its audit event."""
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.db.models import Count, Sum
+from django.http import HttpResponseForbidden, Http404
+from django.shortcuts import redirect, render
+
+from audit import record
+from audit.models import Event, Outcome
+from consent import policy
+from exchange.dicomweb import query
+from exchange.studies.models import IngestBatch, Instance, Series, Study
+from hospitals.models import Hospital, Role
+
+WINDOW_PRESETS = {
+    "CT": [("Soft tissue", "40,400"), ("Lung", "-600,1500"), ("Bone", "400,1800"), ("Brain", "40,80")],
+}
+
+
+def _role(user) -> str:
+    profile = getattr(user, "profile", None)
+    return profile.role if profile else ""
+
+
+@login_required
+def home(request):
+    role = _role(request.user)
+    if role == Role.HOSPITAL_ADMIN:
+        return redirect("ingest-summary")
+    if role in (Role.CLINICIAN, Role.PATIENT, Role.INGEST):
+        return redirect("search")
+    hospitals = Hospital.objects.annotate(n_studies=Count("studies")).order_by("code")
+    return render(request, "viewer/overview.html", {"hospitals": hospitals, "role": role})
+
+
+@login_required
+def search(request):
+    fields = {
+        "PatientName": request.GET.get("name", "").strip(),
+        "PatientID": request.GET.get("patient_id", "").strip(),
+        "AccessionNumber": request.GET.get("accession", "").strip(),
+        "ModalitiesInStudy": request.GET.get("modality", "").strip(),
+    }
+    date_from = request.GET.get("from", "").replace("-", "")
+    date_to = request.GET.get("to", "").replace("-", "")
+    if date_from or date_to:
+        fields["StudyDate"] = f"{date_from}-{date_to}"
+    if fields["PatientName"] and "*" not in fields["PatientName"]:
+        fields["PatientName"] += "*"  # people type the beginning of a name
+    searched = any(fields.values()) or _role(request.user) == Role.PATIENT
+    error = ""
+    page = None
+    if searched:
+        try:
+            cond = query.study_filter({k: v for k, v in fields.items() if v})
+        except query.QueryError as exc:
+            error = str(exc)
+        else:
+            qs = (policy.visible_studies(request.user).filter(cond).distinct()
+                  .select_related("hospital").order_by("-study_date", "-id"))
+            page = Paginator(qs, 25).get_page(request.GET.get("page"))
+            with transaction.atomic():
+                record(Event.QUERY, request.user, purpose=policy.purpose_for(request.user),
+                       details={"page": "search", "query": {k: v for k, v in fields.items() if v},
+                                "results": page.paginator.count})
+    return render(request, "viewer/search.html", {"page": page, "error": error, "form": request.GET, "searched": searched})
+
+
+def _study_for(request, pk: int) -> Study:
+    study = Study.objects.select_related("hospital", "patient").filter(pk=pk).first()
+    if study is None:
+        raise Http404("no such study")
+    decision = policy.decide(request.user, study.patient, policy.purpose_for(request.user), study=study)
+    if not decision.allowed:
+        with transaction.atomic():
+            record(Event.ACCESS_DENIED, request.user, Outcome.MINOR_FAILURE, study=study,
+                   purpose=policy.purpose_for(request.user), details={"path": request.path, "reason": decision.reason})
+        raise PermissionError(decision.reason)
+    with transaction.atomic():
+        record(Event.INSTANCES_ACCESSED, request.user, study=study, purpose=policy.purpose_for(request.user),
+               basis=decision.basis, details={"path": request.path})
+    return study
+
+
+@login_required
+def study_detail(request, pk: int):
+    try:
+        study = _study_for(request, pk)
+    except PermissionError as exc:
+        return HttpResponseForbidden(f"Access denied: {exc}")
+    series = Series.objects.filter(study=study).order_by("series_number", "id")
+    first = {
+        i.series_id: i
+        for i in Instance.objects.filter(series__in=series).order_by("series_id", "-instance_number", "-id")
+    }
+    rows = [(s, first.get(s.pk)) for s in series]
+    return render(request, "viewer/study.html", {"study": study, "rows": rows})
+
+
+@login_required
+def series_viewer(request, pk: int, series_pk: int):
+    try:
+        study = _study_for(request, pk)
+    except PermissionError as exc:
+        return HttpResponseForbidden(f"Access denied: {exc}")
+    series = Series.objects.filter(study=study, pk=series_pk).first()
+    if series is None:
+        raise Http404("no such series")
+    instances = Instance.objects.filter(series=series).order_by("instance_number", "id")
+    page = Paginator(instances, 1).get_page(request.GET.get("i"))
+    window = request.GET.get("window", "")
+    return render(request, "viewer/series.html", {
+        "study": study, "series": series, "page": page, "instance": page.object_list[0] if page.object_list else None,
+        "window": window, "presets": WINDOW_PRESETS.get(series.modality, []),
+    })
+
+
+@login_required
+def ingest_summary(request):
+    profile = getattr(request.user, "profile", None)
+    if profile is None or profile.role != Role.HOSPITAL_ADMIN:
+        return HttpResponseForbidden("Only hospital admins see the ingest summary.")
+    hospital = profile.hospital
+    totals = Study.objects.filter(hospital=hospital).aggregate(
+        studies=Count("id"), instances=Sum("num_instances"), bytes=Sum("total_bytes"))
+    patients = Study.objects.filter(hospital=hospital).values("patient").distinct().count()
+    batches = IngestBatch.objects.filter(hospital=hospital).select_related("actor")[:30]
+    return render(request, "viewer/ingest.html", {"hospital": hospital, "totals": totals, "patients": patients, "batches": batches})

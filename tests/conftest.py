@@ -26,6 +26,8 @@ def require(component: str, available: bool, why: str = "") -> None:
 @pytest.fixture(autouse=True)
 def _storage(settings, tmp_path):
     settings.EXCHANGE_STORAGE_DIR = tmp_path / "storage"
+    # The production hasher is slow on purpose; tests create many accounts.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def study_attributes(study, base_url: str) -> dict:
         "00080030": attr("TM", study.study_time),
         "00080050": attr("SH", study.accession_number),
         "00080061": attr("CS", [m for m in study.modalities.split("\\") if m]),
-        "00080090": person_name(study.referring_physician_name),
+        "00080090": person_name(*study.referring_physician_name.split("=")[:3]),
         "00081030": attr("LO", study.description),
         "00081190": attr("UR", f"{base_url}/studies/{study.study_instance_uid}"),
         "00100010": person_name(study.patient_name_alphabetic, study.patient_name_ideographic, study.patient_name_phonetic),

@@ -160,10 +160,16 @@ def parse(path: str) -> Parsed:
         ds = pydicom.dcmread(path, defer_size=4096)
         meta_ts = str(ds.file_meta.get("TransferSyntaxUID") or "")
         _check_complete(ds, path, size)
-        # Touch every top-level element so encoding errors surface here, not later.
-        for elem in ds.iterall():
-            if elem.tag != PIXEL_DATA and elem.VR not in ("OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ"):
-                _ = elem.value
+        pixel_offset, pixel_length = _check_pixel_data(ds, path, size)
+        # Convert every other element now so encoding errors surface here, not later; Pixel Data
+        # stays deferred (converting it would read it into memory).
+        for tag in list(ds._dict):
+            if tag != PIXEL_DATA:
+                elem = ds[tag]
+                if elem.VR == "SQ":
+                    for item in elem.value:
+                        for _ in item.iterall():
+                            pass
     except Rejected:
         raise
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError, LookupError) as exc:
@@ -184,11 +190,6 @@ def parse(path: str) -> Parsed:
     patient_id = _text(ds, "PatientID", 64)
     if not patient_id:
         raise Rejected(FailureReason.DATASET_DOES_NOT_MATCH, "PatientID is missing", sop_class, sop_instance)
-    try:
-        pixel_offset, pixel_length = _check_pixel_data(ds, path, size)
-    except Rejected as exc:
-        exc.sop_class_uid, exc.sop_instance_uid = sop_class, sop_instance
-        raise
 
     name = ds.get("PatientName")
     alphabetic = ideographic = phonetic = ""

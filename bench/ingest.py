@@ -443,7 +443,8 @@ def send_big(url: str, body: MultipartBody, headers: dict, timeout: float, sampl
 
 
 class Platform:
-    def __init__(self, work: Path, database_url: str | None, workers: int, threads: int):
+    def __init__(self, work: Path, database_url: str | None, workers: int, threads: int,
+                 sqlite_immediate: bool = False):
         self.work = work
         self.var = work / "platform-var"
         self.var.mkdir()
@@ -464,6 +465,18 @@ class Platform:
         }
         if database_url:
             self.env["DATABASE_URL"] = database_url
+        if sqlite_immediate:
+            # What-if experiment, not the shipped configuration: SQLite write transactions
+            # started with BEGIN IMMEDIATE (Django >= 5.1 "transaction_mode"), through a wrapper
+            # settings module in the temp dir. The platform's files are not touched.
+            shim = work / "bench_settings"
+            shim.mkdir()
+            (shim / "bench_settings_immediate.py").write_text(
+                "from exchange.settings import *  # noqa\n"
+                "if DATABASES['default']['ENGINE'] == 'django.db.backends.sqlite3':\n"
+                "    DATABASES['default']['OPTIONS']['transaction_mode'] = 'IMMEDIATE'\n")
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))
+            self.env["DJANGO_SETTINGS_MODULE"] = "bench_settings_immediate"
         self.token = ""
 
     @property
@@ -645,13 +658,48 @@ def machine(database: str) -> dict:
     }
 
 
+class Profiler:
+    """py-spy record (raw collapsed stacks) on each server process during one phase."""
+
+    def __init__(self, pids: list[int], outdir: Path | None, label: str):
+        self.procs: list[subprocess.Popen] = []
+        exe = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+        if outdir is None or exe is None:
+            if outdir is not None:
+                log("py-spy not found: no profile (pip install py-spy into the venv)")
+            return
+        outdir.mkdir(parents=True, exist_ok=True)
+        for pid in pids:
+            out = outdir / f"{label}-{pid}.txt"
+            self.procs.append(subprocess.Popen(
+                [exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--threads",
+                 "--output", str(out), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        time.sleep(1.0)  # let py-spy attach
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
 def measure_system(name: str, url: str, stow_path: str, headers: dict, sampler: RssSampler, files: list[Path],
                    total_bytes: int, args, template: BigTemplate | None, count_fn) -> dict:
     out: dict = {"name": name}
     sampler.new_phase()
+    profiler = Profiler(sampler.pids(), Path(args.profile) if args.profile and name == "platform" else None, "stow")
     cpu0 = sampler.cpu_seconds()
     log(f"{name}: sending {len(files)} instances, {args.clients} clients x {args.batch} per request")
-    res = send_batches(url + stow_path, files, args.clients, args.batch, headers, timeout=600)
+    try:
+        res = send_batches(url + stow_path, files, args.clients, args.batch, headers, timeout=600)
+    finally:
+        profiler.stop()
     snap = sampler.snapshot()
     stored = count_fn()
     out.update(
@@ -675,7 +723,11 @@ def measure_system(name: str, url: str, stow_path: str, headers: dict, sampler: 
         base_rss = max((proc_status(p).get("VmRSS", 0) for p in sampler.pids()), default=0)
         cpu0 = sampler.cpu_seconds()
         log(f"{name}: big body, {count} instances, {len(body) / 1e9:.2f} GB in one request")
-        big = send_big(url + stow_path, body, headers, timeout=3600, sampler=sampler)
+        profiler = Profiler(sampler.pids(), Path(args.profile) if args.profile and name == "platform" else None, "big")
+        try:
+            big = send_big(url + stow_path, body, headers, timeout=3600, sampler=sampler)
+        finally:
+            profiler.stop()
         snap = sampler.snapshot()
         big.update(count=count, bytes=len(body), cpu=sampler.cpu_seconds() - cpu0, rss=snap, base_rss=base_rss,
                    mbps=len(body) / MB / big["wall"], ips=count / big["wall"])
@@ -769,6 +821,9 @@ def main() -> int:
     ap.add_argument("--no-orthanc-big", action="store_true", help="skip the big body on Orthanc")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     ap.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (default 4)")
+    ap.add_argument("--sqlite-immediate", action="store_true",
+                    help="experiment: run the platform with SQLite transaction_mode=IMMEDIATE (wrapper settings)")
+    ap.add_argument("--profile", help="record py-spy profiles (raw collapsed stacks) of the platform workers here")
     ap.add_argument("--tmp", help="parent of the temporary directory (default: system temp)")
     ap.add_argument("--json", help="also write the raw results to this JSON file")
     args = ap.parse_args()
@@ -798,8 +853,9 @@ def main() -> int:
             raise RuntimeError(f"only {len(files)} instances generated")
         template = BigTemplate(args.size) if args.big_gb > 0 else None
 
-        platform_srv = Platform(work, args.database_url, args.workers, args.threads)
-        info = machine(platform_srv.db_description())
+        platform_srv = Platform(work, args.database_url, args.workers, args.threads, args.sqlite_immediate)
+        info = machine(platform_srv.db_description() + (", transaction_mode=IMMEDIATE (experiment)"
+                                                        if args.sqlite_immediate and not args.database_url else ""))
         platform_srv.setup()
         platform_srv.start()
         sampler = RssSampler(platform_srv.proc.pid, workers=True)

@@ -8,12 +8,14 @@ from django.db import transaction
 from django.db.models import Count, Sum
 from django.http import HttpResponseForbidden, Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 
 from audit import record
 from audit.models import Event, Outcome
 from consent import policy
 from exchange.dicomweb import query
 from exchange.studies.models import IngestBatch, Instance, Series, Study
+from exchange.studies.tasks import import_upload_task, upload_save
 from hospitals.models import Hospital, Role
 
 WINDOW_PRESETS = {
@@ -125,8 +127,20 @@ def ingest_summary(request):
     if profile is None or profile.role != Role.HOSPITAL_ADMIN:
         return HttpResponseForbidden("Only hospital admins see the ingest summary.")
     hospital = profile.hospital
+    notice = ""
+    if request.method == "POST":
+        upload = request.FILES.get("archive")
+        if upload is None or not upload.name.lower().endswith(".zip"):
+            notice = "Choose a ZIP file (the contents of a CD or USB stick)."
+        else:
+            token = upload_save(upload)
+            transaction.on_commit(lambda: import_upload_task.delay(token, hospital.pk, request.user.pk))
+            return redirect(reverse("ingest-summary") + "?queued=1")
+    elif request.GET.get("queued"):
+        notice = "Upload received: the import runs in the background; refresh to see it below."
     totals = Study.objects.filter(hospital=hospital).aggregate(
         studies=Count("id"), instances=Sum("num_instances"), bytes=Sum("total_bytes"))
     patients = Study.objects.filter(hospital=hospital).values("patient").distinct().count()
     batches = IngestBatch.objects.filter(hospital=hospital).select_related("actor")[:30]
-    return render(request, "viewer/ingest.html", {"hospital": hospital, "totals": totals, "patients": patients, "batches": batches})
+    return render(request, "viewer/ingest.html", {"hospital": hospital, "totals": totals, "patients": patients,
+                                                  "batches": batches, "notice": notice})

@@ -11,6 +11,9 @@ from pydicom.uid import UID
 
 from exchange.mpi.identity import RIC_ISSUERS, clean_ric, parse_da
 
+# ISO 2022 escape sequences (ESC, intermediates 0x20-0x2F, final 0x30-0x7E; PS3.5 §6.1.2.5.3).
+# pydicom decodes ISO 2022 IR 58 (GB2312) with Python's gb2312 codec, which leaves them in.
+ESCAPE_RE = re.compile(r"\x1b[\x20-\x2f]*[\x30-\x7e]")
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 STANDARD_ROOT = "1.2.840.10008."
 PIXEL_DATA = 0x7FE00010
@@ -60,13 +63,17 @@ class Parsed:
     instance: dict = field(default_factory=dict)
 
 
+def clean_text(value) -> str:
+    return ESCAPE_RE.sub("", str(value or "")).strip()
+
+
 def _text(ds, keyword: str, limit: int = 200) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
         value = "\\".join(str(v) for v in value)
-    return str(value).strip()[:limit]
+    return clean_text(value)[:limit]
 
 
 def _int(ds, keyword: str):
@@ -194,9 +201,9 @@ def parse(path: str) -> Parsed:
     name = ds.get("PatientName")
     alphabetic = ideographic = phonetic = ""
     if name is not None and str(name):
-        alphabetic = str(name.alphabetic or "")[:200]
-        ideographic = str(name.ideographic or "")[:200]
-        phonetic = str(name.phonetic or "")[:200]
+        alphabetic = clean_text(name.alphabetic)[:200]
+        ideographic = clean_text(name.ideographic)[:200]
+        phonetic = clean_text(name.phonetic)[:200]
     sex = _text(ds, "PatientSex", 1).upper()
     return Parsed(
         sop_class_uid=sop_class,

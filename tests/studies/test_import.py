@@ -555,11 +555,6 @@ def test_iso2022_ir58_file_is_stored(hospital_a, tmp_path):
     assert Study.objects.get().patient_name_alphabetic == "Zhang^Wei"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pydicom 3.0.2 decodes ISO 2022 IR 58 with Python's gb2312 codec, which keeps the "
-    "ESC $ ) A sequences in the text; exchange/studies/dicomfile.py must strip them",
-)
 def test_iso2022_ir58_patient_name_is_decoded(hospital_a, tmp_path):
     root = tmp_path / "cd"
     root.mkdir()
@@ -568,3 +563,17 @@ def test_iso2022_ir58_patient_name_is_decoded(hospital_a, tmp_path):
     import_path(root, hospital=hospital_a)
 
     assert Study.objects.get().patient_name_ideographic == "张^伟"
+
+
+class Terminal(StringIO):
+    def isatty(self):
+        return True
+
+
+def test_command_redraws_a_bar_on_a_terminal(hospital_a, medium):
+    root, _, _ = medium
+    err = Terminal()
+    call_command("import_dicom", str(root), "--hospital", "PPH", stdout=StringIO(), stderr=err)
+    text = err.getvalue()
+    assert text.count("\r[") == 6 and text.endswith("] 6/6 files\n")
+    assert f"\r[{'#' * 30}] 6/6 files" in text

@@ -36,17 +36,17 @@ class Command(BaseCommand):
             raise CommandError(f"unknown hospital {hospital!r} (see the hospital codes in the admin)")
         if not Path(path).exists():
             raise CommandError(f"no such file or folder: {path}")
-        tty = self.stderr.isatty()
-        progress = None if quiet else (self._bar if tty else self._lines)
+        bar = not quiet and self.stderr.isatty()
+        progress = None if quiet else (self._bar if bar else self._lines)
         try:
             summary = import_path(path, hospital=hospital_obj, actor=None, progress=progress)
         except ImportFailed as exc:
-            if progress is self._bar:
-                self.stderr.write("", ending="\n")
+            if bar:
+                self.stderr.write("")
             batch = f" (batch {exc.batch.pk} marked failed)" if exc.batch else ""
             raise CommandError(f"import failed: {exc.message}{batch}") from None
-        if progress is self._bar:
-            self.stderr.write("", ending="\n")
+        if bar:
+            self.stderr.write("")  # leave the finished bar on its own line
         self._summary(summary, hospital_obj)
 
     def _bar(self, done: int, total: int | None) -> None:

@@ -280,7 +280,7 @@ class FramesView(DicomwebView):
         studies, failure = self.resolve(request, study_uid)
         if failure:
             return failure
-        instance = instances_in(studies, series_uid, sop_uid).first()
+        instance = next(iter(instances_in(studies, series_uid, sop_uid)), None)
         if instance is None:
             return error(404, "no such series or instance")
         if any(n < 1 or n > instance.number_of_frames for n in numbers):
@@ -334,7 +334,7 @@ class RenderedView(DicomwebView):
         studies, failure = self.resolve(request, study_uid)
         if failure:
             return failure
-        instance = instances_in(studies, series_uid, sop_uid).first()
+        instance = next(iter(instances_in(studies, series_uid, sop_uid)), None)
         if instance is None:
             return error(404, "no such series or instance")
         number = int(frame) if frame else 1

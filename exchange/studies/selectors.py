@@ -33,13 +33,21 @@ def studies_for_read(actor, study_uid: str) -> list[Study]:
     raise Denied(policy.decide(actor, hidden.patient, policy.purpose_for(actor), study=hidden), hidden)
 
 
-def instances_in(studies: list[Study], series_uid: str | None = None, sop_uid: str | None = None):
+def instances_in(studies: list[Study], series_uid: str | None = None, sop_uid: str | None = None) -> list[Instance]:
+    """Instances of the given (visible) studies. Two hospitals may hold copies of one study
+    (decisions/0003): each SOP Instance UID is returned once, from the first copy."""
     qs = Instance.objects.filter(series__study__in=studies).select_related("series__study")
     if series_uid:
         qs = qs.filter(series__series_instance_uid=series_uid)
     if sop_uid:
         qs = qs.filter(sop_instance_uid=sop_uid)
-    return qs.order_by("series__series_number", "series__id", "instance_number", "id")
+    seen: set[str] = set()
+    out = []
+    for instance in qs.order_by("series__series_number", "series__id", "instance_number", "id"):
+        if instance.sop_instance_uid not in seen:
+            seen.add(instance.sop_instance_uid)
+            out.append(instance)
+    return out
 
 
 def series_in(studies: list[Study]):

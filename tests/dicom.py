@@ -1,6 +1,7 @@
 """Small synthetic DICOM objects for tests (never real patient data)."""
 
 import io
+import os
 
 import numpy as np
 import pydicom
@@ -72,3 +73,19 @@ def multipart(files: list[bytes], boundary="testboundary", content_type="applica
         body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
     body += f"--{boundary}--\r\n".encode()
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def stored_files(settings) -> list[str]:
+    """Files in content-addressed storage (not the spool)."""
+    out = []
+    for dirpath, _, names in os.walk(settings.EXCHANGE_STORAGE_DIR):
+        if os.path.basename(dirpath) in ("tmp", "uploads"):
+            continue
+        out += [os.path.join(dirpath, n) for n in names]
+    return out
+
+
+def tmp_leftovers(settings) -> list[str]:
+    """Spool files left behind (there must be none after any ingest)."""
+    tmp = settings.EXCHANGE_STORAGE_DIR / "tmp"
+    return os.listdir(tmp) if tmp.exists() else []

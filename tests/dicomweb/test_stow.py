@@ -10,7 +10,7 @@ from exchange.studies import storage
 from exchange.studies.models import IngestBatch, Instance, Study
 from exchange.mpi.models import Patient
 from tests.conftest import api
-from tests.dicom import RIC_LI, RIC_WANG, ct_dataset, multipart, to_bytes
+from tests.dicom import stored_files, tmp_leftovers, RIC_LI, RIC_WANG, ct_dataset, multipart, to_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -21,19 +21,8 @@ def stow(client, files, study_uid=None, **extra):
     return client.generic("POST", url, body, content_type=ctype, **extra)
 
 
-def stored_files(settings) -> list[str]:
-    root = settings.EXCHANGE_STORAGE_DIR
-    out = []
-    for dirpath, _, names in os.walk(root):
-        if os.path.basename(dirpath) == "tmp":
-            continue
-        out += [os.path.join(dirpath, n) for n in names]
-    return out
 
 
-def tmp_leftovers(settings) -> list[str]:
-    tmp = settings.EXCHANGE_STORAGE_DIR / "tmp"
-    return os.listdir(tmp) if tmp.exists() else []
 
 
 def test_stow_stores_indexes_and_answers_with_referenced_sop_sequence(ingest_a, settings):

@@ -19,23 +19,13 @@ from audit.models import AuditEvent, Event, Outcome
 from exchange.studies import storage
 from exchange.studies.importer import ImportFailed, import_path
 from exchange.studies.models import BatchStatus, IngestBatch, IngestSource, Instance, Series, Study
-from tests.dicom import ct_dataset, to_bytes
+from tests.dicom import stored_files, tmp_leftovers, ct_dataset, to_bytes
 
 pytestmark = pytest.mark.django_db
 
 
-def stored_files(settings) -> list[str]:
-    out = []
-    for dirpath, _, names in os.walk(settings.EXCHANGE_STORAGE_DIR):
-        if os.path.basename(dirpath) == "tmp":
-            continue
-        out += [os.path.join(dirpath, n) for n in names]
-    return out
 
 
-def tmp_leftovers(settings) -> list[str]:
-    tmp = settings.EXCHANGE_STORAGE_DIR / "tmp"
-    return os.listdir(tmp) if tmp.exists() else []
 
 
 def reasons(batch) -> dict[str, str]:

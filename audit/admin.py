@@ -1,15 +1,10 @@
 from django.contrib import admin
 
-from audit.models import AuditEvent
+from audit.models import AuditCheckpoint, AuditEvent
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(admin.ModelAdmin):
     """Read-only: the trail is append-only."""
-
-    list_display = ("id", "timestamp", "event", "outcome", "actor_name", "actor_role", "actor_hospital", "study")
-    list_filter = ("event", "outcome", "actor_role", "actor_hospital")
-    search_fields = ("actor_name",)
 
     def has_add_permission(self, request):
         return False
@@ -19,3 +14,15 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("seq", "timestamp", "event", "outcome", "actor_name", "actor_role", "actor_hospital", "study")
+    list_filter = ("event", "outcome", "actor_role", "actor_hospital")
+    search_fields = ("actor_name",)
+
+
+@admin.register(AuditCheckpoint)
+class AuditCheckpointAdmin(ReadOnlyAdmin):
+    list_display = ("seq", "signed_at", "key_id", "hash")

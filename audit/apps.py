@@ -1,4 +1,9 @@
 from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+from audit.signing import parse_private_key
 
 
 class AuditConfig(AppConfig):
@@ -21,3 +26,15 @@ class AuditConfig(AppConfig):
 
         user_logged_in.connect(logged_in, dispatch_uid="audit-login", weak=False)
         user_login_failed.connect(login_failed, dispatch_uid="audit-login-failed", weak=False)
+        checks.register(signing_key_check)
+
+
+def signing_key_check(app_configs, **kwargs):
+    """A malformed AUDIT_SIGNING_KEY fails at start-up, not at the first hourly checkpoint."""
+    if not getattr(settings, "AUDIT_SIGNING_KEY", None):
+        return []
+    try:
+        parse_private_key(settings.AUDIT_SIGNING_KEY)
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="audit.E001")]
+    return []

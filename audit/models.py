@@ -1,5 +1,8 @@
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+from audit.chain import GENESIS_HASH
 
 
 class Event(models.TextChoices):
@@ -27,10 +30,33 @@ class Outcome(models.TextChoices):
     MAJOR_FAILURE = "12", "Major failure"
 
 
-class AuditEvent(models.Model):
-    """One append-only audit row. Written only through audit.services.record()."""
+class AppendOnlyQuerySet(models.QuerySet):
+    """Refuses bulk writes: the trail is append-only, and rows are added only by record()."""
 
-    timestamp = models.DateTimeField(auto_now_add=True, db_index=True)
+    def update(self, **kwargs):
+        raise PermissionError("audit records are append-only")
+
+    def bulk_update(self, *args, **kwargs):
+        raise PermissionError("audit records are append-only")
+
+    def delete(self):
+        raise PermissionError("audit records are append-only")
+
+    def bulk_create(self, *args, **kwargs):
+        raise PermissionError("audit records are written one at a time through audit.services")
+
+
+class AuditEvent(models.Model):
+    """One append-only audit row, a link of a SHA-256 hash chain (audit/chain.py).
+
+    Written only through audit.services.record(). The database refuses UPDATE (and, on
+    PostgreSQL, DELETE) with triggers (migration 0005); the ORM refuses them here.
+    """
+
+    # Gap-free position in the chain (ids can skip after rollbacks), assigned under the head lock.
+    seq = models.BigIntegerField(unique=True)
+    # Set by record() under the head lock, so timestamps follow seq order on one clock.
+    timestamp = models.DateTimeField(default=timezone.now, db_index=True)
     event = models.CharField(max_length=32, choices=Event.choices)
     outcome = models.CharField(max_length=2, choices=Outcome.choices)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
@@ -45,18 +71,72 @@ class AuditEvent(models.Model):
     purpose = models.CharField(max_length=32, blank=True)
     basis = models.CharField(max_length=64, blank=True)
     details = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
-        ordering = ["id"]
+        ordering = ["seq"]
         indexes = [models.Index(fields=["patient", "timestamp"]), models.Index(fields=["event", "timestamp"])]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.event} {self.outcome}"
+        return f"#{self.seq} {self.event} {self.outcome}"
 
     def save(self, *args, **kwargs):
         if self.pk is not None:
             raise PermissionError("audit events are append-only")
+        if self.seq is None or not self.hash:
+            raise PermissionError("audit events are written only through audit.record()")
         super().save(*args, **kwargs)
 
     def delete(self, *args, **kwargs):
         raise PermissionError("audit events are append-only")
+
+
+class AuditHead(models.Model):
+    """The tip of the chain: a single row (id=1) holding the last seq and hash.
+
+    record() claims the next seq with one UPDATE of this row: the row lock (PostgreSQL) or the
+    database write lock (SQLite) serialises writers until their transaction ends, so two writers
+    can never link to the same predecessor. It is a cache of the last event: verify_audit checks it.
+    """
+
+    ROW_ID = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=ROW_ID)
+    seq = models.BigIntegerField(default=0)
+    hash = models.CharField(max_length=64, default=GENESIS_HASH)
+
+    def __str__(self) -> str:
+        return f"audit head at seq {self.seq}"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement "the chain's event ``seq`` has hash ``hash``", made at ``signed_at``.
+
+    Ed25519 (RFC 8032) signature over audit.signing.checkpoint_message(); with the public key a
+    regulator can prove that the trail up to ``seq`` has not been rewritten or cut since.
+    """
+
+    seq = models.BigIntegerField(db_index=True)
+    hash = models.CharField(max_length=64)
+    signed_at = models.DateTimeField()
+    signature = models.CharField(max_length=128, help_text="Ed25519 signature, hex")
+    key_id = models.CharField(max_length=32, help_text="First 16 bytes (hex) of SHA-256 of the raw public key")
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["seq", "id"]
+
+    def __str__(self) -> str:
+        return f"checkpoint at seq {self.seq} ({self.signed_at:%Y-%m-%d %H:%M})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise PermissionError("audit checkpoints are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("audit checkpoints are append-only")

@@ -741,14 +741,15 @@ def measure_system(name: str, url: str, stow_path: str, headers: dict, sampler: 
 
 
 def growth(progress: list[tuple[int, int]]) -> str:
-    """RSS at 10%, 50% and 100% of the body sent (MiB), to show whether it grows with the body."""
+    """Highest RSS (MiB) seen while the first 10%, 50% and 100% of the body were being sent:
+    flat numbers mean memory does not grow with the body."""
     if not progress:
         return "-"
     total = progress[-1][0] or 1
     marks = []
     for frac in (0.1, 0.5, 1.0):
-        pts = [rss for sent, rss in progress if sent >= frac * total * 0.999]
-        marks.append(f"{pts[0] / 2**20:.0f}" if pts else "?")
+        pts = [rss for sent, rss in progress if sent <= frac * total]
+        marks.append(f"{max(pts) / 2**20:.0f}" if pts else "?")
     return "/".join(marks)
 
 
@@ -798,7 +799,7 @@ def print_report(info: dict, args, n_files: int, total_bytes: int, results: list
         row("big body: instances/s", lambda r: f"{r['big']['ips']:.1f}")
         row("big body: RSS before (MiB)", lambda r: mib(r["big"]["base_rss"]))
         row("big body: peak RSS (MiB)", lambda r: mib(max(r["big"]["rss"]["max_worker_rss"], r["big"]["rss"]["max_worker_hwm"])))
-        row("big body: RSS at 10/50/100% sent", lambda r: growth(r["big"]["progress"]))
+        row("big body: RSS to 10/50/100% sent", lambda r: growth(r["big"]["progress"]))
     if len(results) == 2:
         p, o = results
         print("-" * 100)

@@ -80,7 +80,13 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL lets the demo's page requests read while an import writes.
-    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+    # IMMEDIATE: a write transaction takes the lock at BEGIN and waits out `timeout`, instead of
+    # failing at once when another writer committed between its first read and first write.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -164,4 +170,20 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "INFO"},
     # pydicom warns with element values (names, ids) when it meets odd data: keep them out.
     "loggers": {"pydicom": {"level": "ERROR"}},
+}
+
+# --- Audit trail: signed checkpoints (issue #4, docs/decisions/0006-audit-chain.md) ----------
+# Ed25519 private key that signs checkpoints of the audit hash chain: a PEM private key or the
+# base64 of its 32-byte seed; AUDIT_SIGNING_KEY_FILE names a file holding it. Only the worker
+# that runs audit.tasks.checkpoint_task needs it. Unset with DEBUG=1: a development key derived
+# from SECRET_KEY, never for production (whoever knows SECRET_KEY could forge checkpoints).
+AUDIT_SIGNING_KEY = env_secret("AUDIT_SIGNING_KEY")
+# Seconds between checkpoints: the regulator can prove nothing older than one interval was rewritten.
+AUDIT_CHECKPOINT_INTERVAL = env_int("AUDIT_CHECKPOINT_INTERVAL", 3600)
+if AUDIT_CHECKPOINT_INTERVAL <= 0:
+    raise ConfigurationError("AUDIT_CHECKPOINT_INTERVAL must be a positive number of seconds")
+# Hourly by default: sign the audit chain's head (seq and hash) so later tampering is provable.
+CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
+    "task": "audit.tasks.checkpoint_task",
+    "schedule": float(AUDIT_CHECKPOINT_INTERVAL),
 }

@@ -10,7 +10,7 @@ from exchange.dicomweb.multipart import MultipartError, parse_content_type
 from exchange.studies import storage
 from exchange.studies.dicomfile import FailureReason
 from exchange.studies.models import IngestSource
-from exchange.studies.services import IngestResult, Status, batch_count, batch_finish, batch_start, ingest_spool
+from exchange.studies.services import IngestResult, IngestSession, Status, batch_count, batch_finish, batch_start
 
 
 def _referenced(result: IngestResult, base_url: str) -> dict:
@@ -39,35 +39,36 @@ def _failed(result: IngestResult) -> dict:
 def store_multipart(reader, *, hospital, actor, base_url: str, expected_study_uid: str | None = None):
     """Store every part; returns (HTTP status, response body)."""
     batch = batch_start(hospital=hospital, actor=actor, source=IngestSource.STOW)
-    results: list[IngestResult] = []
+    session = IngestSession(hospital=hospital, actor=actor, source=IngestSource.STOW, batch=batch,
+                            expected_study_uid=expected_study_uid)
     broken = ""
     try:
-        for number, part in enumerate(reader.parts(), start=1):
+        for part in reader.parts():
             media, _ = parse_content_type(part.content_type)
             if media and media != "application/dicom":
                 part.drain()
-                result = IngestResult(Status.REJECTED, reason=FailureReason.CANNOT_UNDERSTAND,
-                                      message="part is not application/dicom")
-            else:
-                writer = storage.SpoolWriter()
-                try:
-                    for chunk in part.chunks():
-                        writer.write(chunk)
-                except storage.TooLarge as exc:
-                    writer.abort()
-                    part.drain()
-                    result = IngestResult(Status.REJECTED, reason=FailureReason.OUT_OF_RESOURCES, message=str(exc))
-                except BaseException:
-                    writer.abort()
-                    raise
-                else:
-                    result = ingest_spool(writer.close(), hospital=hospital, actor=actor, source=IngestSource.STOW,
-                                          batch=batch, expected_study_uid=expected_study_uid)
-            results.append(result)
-            batch_count(batch, result, item=f"part {number}")
+                session.results.append(IngestResult(Status.REJECTED, reason=FailureReason.CANNOT_UNDERSTAND,
+                                                    message="part is not application/dicom"))
+                continue
+            writer = storage.SpoolWriter()
+            try:
+                for chunk in part.chunks():
+                    writer.write(chunk)
+            except storage.TooLarge as exc:
+                writer.abort()
+                part.drain()
+                session.results.append(IngestResult(Status.REJECTED, reason=FailureReason.OUT_OF_RESOURCES, message=str(exc)))
+                continue
+            except BaseException:
+                writer.abort()
+                raise
+            session.add(writer.close())
     except MultipartError as exc:
         broken = str(exc)
     finally:
+        results = session.finish()
+        for number, result in enumerate(results, start=1):
+            batch_count(batch, result, item=f"part {number}")
         batch_finish(batch, failed=bool(broken) and not results)
 
     ok = [r for r in results if r.status is not Status.REJECTED]

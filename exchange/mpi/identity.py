@@ -1,5 +1,6 @@
 """Normalisation of identity attributes (the patient-index issue extends this)."""
 
+import functools
 import hashlib
 import hmac
 from datetime import date
@@ -11,16 +12,26 @@ from stdnum.cn import ric
 RIC_ISSUERS = {"RIC", "CN-RIC", "CNRIC", "身份证", "RESIDENT IDENTITY CARD", "2.16.156.10011.1.5"}
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_ric(text: str) -> str | None:
+    # stdnum also checks the region code against its table, which is slow; every instance of a
+    # study carries the same number, so remember the answer.
+    try:
+        number = ric.validate(text)
+    except Exception:
+        return None
+    return number.upper() if len(number) == 18 else None
+
+
 def clean_ric(value: str | None) -> str | None:
     """A valid 18-character Resident Identity Card number (GB 11643, ISO 7064 MOD 11-2 check
     digit, real birth date), upper-case; None if the value is not one."""
     if not value:
         return None
-    try:
-        number = ric.validate(str(value).strip())
-    except Exception:
+    text = str(value).strip()
+    if len(text) not in (15, 18):
         return None
-    return number.upper() if len(number) == 18 else None
+    return _valid_ric(text)
 
 
 def ric_blind_index(number: str) -> str:

@@ -84,79 +84,194 @@ def _study_defaults(p: Parsed, identifier) -> dict:
     }
 
 
-def _index(p: Parsed, spool: storage.Spool, *, hospital, actor, batch, source) -> IngestResult:
-    identifier = identifier_resolve(
-        hospital=hospital,
-        demographics=Demographics(
-            local_id=p.patient_id,
-            issuer=p.issuer_of_patient_id,
-            name_alphabetic=p.name_alphabetic,
-            name_ideographic=p.name_ideographic,
-            name_phonetic=p.name_phonetic,
-            birth_date=p.birth_date,
-            sex=p.sex,
-            ric=p.ric,
-        ),
+def _demographics(p: Parsed) -> Demographics:
+    return Demographics(
+        local_id=p.patient_id,
+        issuer=p.issuer_of_patient_id,
+        name_alphabetic=p.name_alphabetic,
+        name_ideographic=p.name_ideographic,
+        name_phonetic=p.name_phonetic,
+        birth_date=p.birth_date,
+        sex=p.sex,
+        ric=p.ric,
     )
-    study, _ = Study.objects.get_or_create(
-        hospital=hospital, study_instance_uid=p.study_instance_uid, defaults=_study_defaults(p, identifier)
-    )
-    study = Study.objects.select_for_update().get(pk=study.pk)
-    if study.patient_id != identifier.patient_id:
-        raise Rejected(
-            FailureReason.DATASET_DOES_NOT_MATCH,
-            "StudyInstanceUID is already registered at this hospital for a different patient",
-            p.sop_class_uid,
-            p.sop_instance_uid,
-        )
-    existing = (
-        Instance.objects.filter(series__study__hospital=hospital, sop_instance_uid=p.sop_instance_uid)
-        .select_related("series__study")
-        .first()
-    )
-    if existing is not None:
-        same_place = existing.series.series_instance_uid == p.series_instance_uid and existing.series.study_id == study.pk
-        if same_place and existing.storage_key == spool.key:
-            return IngestResult(Status.DUPLICATE, instance=existing)
-        raise Rejected(
-            FailureReason.DUPLICATE_SOP_INSTANCE,
-            "an instance with this SOPInstanceUID is already stored with different content"
-            if same_place
-            else "an instance with this SOPInstanceUID is already stored in another series or study",
-            p.sop_class_uid,
-            p.sop_instance_uid,
-        )
-    series, series_created = Series.objects.get_or_create(
-        study=study, series_instance_uid=p.series_instance_uid, defaults=p.series
-    )
-    instance = Instance.objects.create(
-        series=series,
-        sop_instance_uid=p.sop_instance_uid,
-        sop_class_uid=p.sop_class_uid,
-        transfer_syntax_uid=p.transfer_syntax_uid,
-        storage_key=spool.key,
-        size=spool.size,
-        **p.instance,
-    )
-    Series.objects.filter(pk=series.pk).update(num_instances=F("num_instances") + 1, total_bytes=F("total_bytes") + spool.size)
-    modalities = set(filter(None, study.modalities.split("\\")))
-    if p.series.get("modality"):
-        modalities.add(p.series["modality"])
-    Study.objects.filter(pk=study.pk).update(
-        num_instances=F("num_instances") + 1,
-        num_series=F("num_series") + (1 if series_created else 0),
-        total_bytes=F("total_bytes") + spool.size,
-        modalities="\\".join(sorted(modalities))[:100],
-        updated_at=timezone.now(),
-    )
-    record(
-        Event.INSTANCES_STORED,
-        actor,
-        Outcome.SUCCESS,
-        study=study,
-        details={"source": source, "batch": batch.pk if batch else None, "sop_instance_uid": p.sop_instance_uid},
-    )
-    return IngestResult(Status.STORED, instance=instance)
+
+
+def _rejected(exc, p: Parsed | None = None) -> IngestResult:
+    ids = _ids(p) if p else {}
+    return IngestResult(Status.REJECTED, reason=getattr(exc, "reason", FailureReason.DATASET_DOES_NOT_MATCH),
+                        message=getattr(exc, "message", str(exc)), **ids)
+
+
+def _ids(p: Parsed) -> dict:
+    return dict(sop_class_uid=p.sop_class_uid, sop_instance_uid=p.sop_instance_uid,
+                study_instance_uid=p.study_instance_uid, series_instance_uid=p.series_instance_uid)
+
+
+def _tally(per_study: dict, study: Study) -> dict:
+    return per_study.setdefault(study.pk, {"study": study, "n": 0, "bytes": 0, "series": 0, "modalities": set(), "uids": []})
+
+
+@dataclass
+class _Pending:
+    parsed: Parsed
+    spool: storage.Spool
+    created: bool
+    slot: int
+
+
+class IngestSession:
+    """Ingest many instances (one STOW-RS request, one medium) with few queries per instance.
+
+    Files are validated and moved to storage as they arrive; the index is written in chunks of
+    ``chunk_size`` instances, one transaction per chunk: patient, study and series are resolved
+    (and the study row locked) once per chunk, instances are inserted together, counters updated
+    once per study, and one audit event per study lists the instances stored — in the same
+    transaction. A chunk that fails as a whole is reported as a processing failure for each of
+    its instances and the files it created are removed, so nothing is left half-written.
+    """
+
+    def __init__(self, *, hospital, actor, source: str, batch: IngestBatch | None = None,
+                 expected_study_uid: str | None = None, chunk_size: int = 50):
+        self.hospital, self.actor, self.source, self.batch = hospital, actor, source, batch
+        self.expected_study_uid = expected_study_uid
+        self.chunk_size = chunk_size
+        self.results: list[IngestResult | None] = []
+        self._pending: list[_Pending] = []
+
+    def add(self, spool: storage.Spool) -> None:
+        """Take one spooled file (consumed: moved into storage or deleted)."""
+        slot = len(self.results)
+        self.results.append(None)
+        try:
+            parsed = parse(str(spool.path))
+            if self.expected_study_uid and parsed.study_instance_uid != self.expected_study_uid:
+                raise Rejected(FailureReason.DATASET_DOES_NOT_MATCH,
+                               "StudyInstanceUID does not match the study in the request URL",
+                               parsed.sop_class_uid, parsed.sop_instance_uid)
+        except Rejected as exc:
+            spool.discard()
+            self.results[slot] = IngestResult(Status.REJECTED, exc.sop_class_uid, exc.sop_instance_uid,
+                                              reason=exc.reason, message=exc.message)
+            return
+        self._pending.append(_Pending(parsed, spool, storage.commit(spool), slot))
+        if len(self._pending) >= self.chunk_size:
+            self.flush()
+
+    def finish(self) -> list[IngestResult]:
+        self.flush()
+        return [r for r in self.results if r is not None]
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            with transaction.atomic():
+                outcomes = self._index_chunk(pending)
+        except Exception as exc:
+            # Only the exception's type: database errors can quote key values (patient ids).
+            log.error("ingest failed while indexing (batch %s): %s", self.batch.pk if self.batch else None,
+                      type(exc).__name__)
+            outcomes = [IngestResult(Status.REJECTED, reason=FailureReason.PROCESSING_FAILURE,
+                                     message="processing failure", **_ids(p.parsed)) for p in pending]
+        kept = {p.spool.key for p, r in zip(pending, outcomes) if r.status is not Status.REJECTED}
+        for p, result in zip(pending, outcomes):
+            if result.status is Status.REJECTED and p.created and p.spool.key not in kept:
+                storage.remove(p.spool.key)
+            self.results[p.slot] = result
+
+    def _study_for(self, p: Parsed) -> Study:
+        # A savepoint: an identity or study that is refused leaves no rows behind.
+        with transaction.atomic():
+            identifier = identifier_resolve(hospital=self.hospital, demographics=_demographics(p))
+            study, _ = Study.objects.get_or_create(
+                hospital=self.hospital, study_instance_uid=p.study_instance_uid, defaults=_study_defaults(p, identifier)
+            )
+            study = Study.objects.select_for_update().select_related("patient").get(pk=study.pk)
+            if study.patient_id != identifier.patient_id:
+                raise Rejected(FailureReason.DATASET_DOES_NOT_MATCH,
+                               "StudyInstanceUID is already registered at this hospital for a different patient",
+                               p.sop_class_uid, p.sop_instance_uid)
+        return study
+
+    def _index_chunk(self, pending: list[_Pending]) -> list[IngestResult]:
+        outcomes: list[IngestResult | None] = [None] * len(pending)
+        studies: dict[tuple, Study | Exception] = {}
+        for n, item in enumerate(pending):
+            p = item.parsed
+            key = (p.patient_id, p.ric, p.study_instance_uid)
+            if key not in studies:
+                try:
+                    studies[key] = self._study_for(p)
+                except (Rejected, IdentityConflict) as exc:
+                    studies[key] = exc
+            if isinstance(studies[key], Exception):
+                outcomes[n] = _rejected(studies[key], p)
+        # Read existing instances only now that the studies are locked: a concurrent request
+        # for the same study has committed or waits for us.
+        existing = {
+            i.sop_instance_uid: i
+            for i in Instance.objects.filter(
+                series__study__hospital=self.hospital, sop_instance_uid__in=[i.parsed.sop_instance_uid for i in pending]
+            ).select_related("series")
+        }
+        series_cache: dict[tuple, Series] = {}
+        new: list[Instance] = []
+        per_study: dict[int, dict] = {}
+        per_series: dict[int, list[int]] = {}
+        for n, item in enumerate(pending):
+            if outcomes[n] is not None:
+                continue
+            p, spool = item.parsed, item.spool
+            study = studies[(p.patient_id, p.ric, p.study_instance_uid)]
+            found = existing.get(p.sop_instance_uid)
+            if found is not None:
+                same_place = found.series.series_instance_uid == p.series_instance_uid and found.series.study_id == study.pk
+                if same_place and found.storage_key == spool.key:
+                    outcomes[n] = IngestResult(Status.DUPLICATE, instance=found, **_ids(p))
+                else:
+                    outcomes[n] = _rejected(Rejected(
+                        FailureReason.DUPLICATE_SOP_INSTANCE,
+                        "an instance with this SOPInstanceUID is already stored with different content" if same_place
+                        else "an instance with this SOPInstanceUID is already stored in another series or study"), p)
+                continue
+            skey = (study.pk, p.series_instance_uid)
+            if skey not in series_cache:
+                series, created = Series.objects.get_or_create(study=study, series_instance_uid=p.series_instance_uid, defaults=p.series)
+                series_cache[skey] = series
+                if created:
+                    _tally(per_study, study)["series"] += 1
+            series = series_cache[skey]
+            instance = Instance(series=series, sop_instance_uid=p.sop_instance_uid, sop_class_uid=p.sop_class_uid,
+                                transfer_syntax_uid=p.transfer_syntax_uid, storage_key=spool.key, size=spool.size, **p.instance)
+            new.append(instance)
+            existing[p.sop_instance_uid] = instance
+            acc = _tally(per_study, study)
+            acc["n"] += 1
+            acc["bytes"] += spool.size
+            acc["uids"].append(p.sop_instance_uid)
+            if p.series.get("modality"):
+                acc["modalities"].add(p.series["modality"])
+            counts = per_series.setdefault(series.pk, [0, 0])
+            counts[0] += 1
+            counts[1] += spool.size
+            outcomes[n] = IngestResult(Status.STORED, instance=instance, **_ids(p))
+        Instance.objects.bulk_create(new)
+        for series_pk, (count, size) in per_series.items():
+            Series.objects.filter(pk=series_pk).update(num_instances=F("num_instances") + count, total_bytes=F("total_bytes") + size)
+        for study_pk, acc in per_study.items():
+            study = acc["study"]
+            modalities = set(filter(None, study.modalities.split("\\"))) | acc["modalities"]
+            Study.objects.filter(pk=study_pk).update(
+                num_instances=F("num_instances") + acc["n"], num_series=F("num_series") + acc["series"],
+                total_bytes=F("total_bytes") + acc["bytes"], modalities="\\".join(sorted(modalities))[:100],
+                updated_at=timezone.now())
+            if acc["n"]:
+                record(Event.INSTANCES_STORED, self.actor, Outcome.SUCCESS, study=study,
+                       details={"source": self.source, "batch": self.batch.pk if self.batch else None,
+                                "instances": acc["n"], "sop_instance_uids": acc["uids"]})
+        return outcomes
 
 
 def ingest_spool(
@@ -164,39 +279,7 @@ def ingest_spool(
 ) -> IngestResult:
     """Validate, store and index one spooled file. Never raises for bad input: the result says
     why it was refused. The spool is consumed (moved into storage or deleted)."""
-    try:
-        parsed = parse(str(spool.path))
-        if expected_study_uid and parsed.study_instance_uid != expected_study_uid:
-            raise Rejected(
-                FailureReason.DATASET_DOES_NOT_MATCH,
-                "StudyInstanceUID does not match the study in the request URL",
-                parsed.sop_class_uid,
-                parsed.sop_instance_uid,
-            )
-    except Rejected as exc:
-        spool.discard()
-        return IngestResult(Status.REJECTED, exc.sop_class_uid, exc.sop_instance_uid, reason=exc.reason, message=exc.message)
-
-    ids = dict(
-        sop_class_uid=parsed.sop_class_uid,
-        sop_instance_uid=parsed.sop_instance_uid,
-        study_instance_uid=parsed.study_instance_uid,
-        series_instance_uid=parsed.series_instance_uid,
-    )
-    created = storage.commit(spool)
-    try:
-        with transaction.atomic():
-            result = _index(parsed, spool, hospital=hospital, actor=actor, batch=batch, source=source)
-    except (Rejected, IdentityConflict) as exc:
-        if created:
-            storage.remove(spool.key)
-        reason = getattr(exc, "reason", FailureReason.DATASET_DOES_NOT_MATCH)
-        return IngestResult(Status.REJECTED, reason=reason, message=getattr(exc, "message", str(exc)), **ids)
-    except Exception as exc:
-        if created:
-            storage.remove(spool.key)
-        # Only the exception's type: database errors can quote key values (patient ids).
-        log.error("ingest failed while indexing (batch %s): %s", batch.pk if batch else None, type(exc).__name__)
-        return IngestResult(Status.REJECTED, reason=FailureReason.PROCESSING_FAILURE, message="processing failure", **ids)
-    result.__dict__.update(ids)
-    return result
+    session = IngestSession(hospital=hospital, actor=actor, source=source, batch=batch,
+                            expected_study_uid=expected_study_uid, chunk_size=1)
+    session.add(spool)
+    return session.finish()[0]

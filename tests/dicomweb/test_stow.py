@@ -39,7 +39,8 @@ def test_stow_stores_indexes_and_answers_with_referenced_sop_sequence(ingest_a, 
     assert study.hospital.code == "PPH"
     assert study.patient_name_ideographic == "王^小东" and study.patient_name_alphabetic == "Wang^XiaoDong"
     assert len(stored_files(settings)) == 2 and tmp_leftovers(settings) == []
-    assert AuditEvent.objects.filter(event=Event.INSTANCES_STORED, study=study).count() == 2
+    [event] = AuditEvent.objects.filter(event=Event.INSTANCES_STORED, study=study)
+    assert sorted(event.details["sop_instance_uids"]) == sorted([ds1.SOPInstanceUID, ds2.SOPInstanceUID])
 
 
 def test_stored_file_has_zeroed_preamble_and_same_dataset(ingest_a):
@@ -184,3 +185,33 @@ def test_reused_local_id_with_another_identity_number_is_refused(ingest_a):
     response = stow(client, [to_bytes(ct_dataset(patient_id="PPH0001", ric=other_ric))])
     assert response.status_code == 409
     assert Patient.objects.count() == 1
+
+
+def test_a_request_larger_than_one_chunk_is_indexed_completely(ingest_a, settings):
+    first = ct_dataset(instance_number=1)
+    datasets = [first] + [
+        ct_dataset(instance_number=n, study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID)
+        for n in range(2, 121)
+    ]
+    response = stow(api(ingest_a), [to_bytes(d) for d in datasets] + [b"not dicom" * 30])
+    assert response.status_code == 202
+    study = Study.objects.get()
+    assert (study.num_instances, study.num_series, Instance.objects.count()) == (120, 1, 120)
+    assert study.series.get().num_instances == 120
+    events = AuditEvent.objects.filter(event=Event.INSTANCES_STORED, study=study)
+    assert sum(e.details["instances"] for e in events) == 120
+    assert len(stored_files(settings)) == 120 and tmp_leftovers(settings) == []
+
+
+def test_a_failing_chunk_leaves_no_rows_and_no_files(ingest_a, settings, monkeypatch):
+    from exchange.studies import services
+
+    def broken_bulk_create(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(services.Instance.objects, "bulk_create", broken_bulk_create)
+    response = stow(api(ingest_a), [to_bytes(ct_dataset())])
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0110]
+    assert not Study.objects.exists() and not Patient.objects.exists()
+    assert stored_files(settings) == [] and tmp_leftovers(settings) == []

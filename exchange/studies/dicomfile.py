@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 import pydicom
+from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
@@ -20,6 +21,12 @@ PIXEL_DATA = 0x7FE00010
 # Item and Sequence Delimitation tags of encapsulated pixel data (PS3.5 §A.4).
 ITEM = b"\xfe\xff\x00\xe0"
 SEQ_DELIMITER = b"\xfe\xff\xdd\xe0"
+
+
+# pydicom re-validates every value it reads against its VR (regexes, lengths) and warns; we
+# validate what we rely on ourselves (UIDs, PatientID, structure) and refuse on that, so the
+# per-value check is work without effect. Writing (tests, fixtures) keeps its validation.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 class FailureReason(IntEnum):

@@ -32,10 +32,20 @@ def path_for(key: str) -> Path:
     return root() / key[:2] / key[2:4] / f"{key}.dcm"
 
 
-def _tmp_dir() -> Path:
-    d = root() / "tmp"
-    d.mkdir(parents=True, exist_ok=True)
+# Folders this process has already made: saves two syscalls per instance. Only an optimisation;
+# another process making or removing folders changes nothing here (mkdir is idempotent).
+_made: set[Path] = set()
+
+
+def _ensure_dir(d: Path) -> Path:
+    if d not in _made:
+        d.mkdir(parents=True, exist_ok=True)
+        _made.add(d)
     return d
+
+
+def _tmp_dir() -> Path:
+    return _ensure_dir(root() / "tmp")
 
 
 @dataclass
@@ -105,9 +115,15 @@ def commit(spool: Spool) -> bool:
     if final.exists():
         spool.discard()
         return False
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_dir(final.parent)
     os.chmod(spool.path, 0o640)
-    os.replace(spool.path, final)
+    try:
+        os.replace(spool.path, final)
+    except FileNotFoundError:
+        # The folder was removed behind our back (e.g. tests emptying storage): make it again.
+        _made.discard(final.parent)
+        _ensure_dir(final.parent)
+        os.replace(spool.path, final)
     return True
 
 

@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
     "guardian",
     "hospitals",
     "exchange.mpi",
@@ -129,6 +130,14 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Provincial Image Exchange API",
+    "DESCRIPTION": "Patient index (PIX/PDQ, FHIR R4 Patient), consent and audit APIs. DICOMweb lives under /dicomweb/ "
+    "(docs/dicom-conformance.md).",
+    "VERSION": "0.1",
+    "SERVE_INCLUDE_SCHEMA": False,
 }
 
 # --- Storage and ingest -------------------------------------------------------------------
@@ -148,6 +157,30 @@ if not EXCHANGE_IDENTITY_HMAC_KEY:
 # Base URL that DICOMweb RetrieveURL attributes are built on; empty: taken from the request.
 EXCHANGE_PUBLIC_URL = (env_str("EXCHANGE_PUBLIC_URL") or "").rstrip("/")
 QIDO_MAX_LIMIT = env_int("QIDO_MAX_LIMIT", 1000)
+
+# --- Master patient index (issue #3; exchange/mpi/, docs/decisions/0008-mpi-matching.md) -------
+# Match scores at or above LINK link automatically; between REVIEW and LINK go to the review
+# queue; below REVIEW make a new patient. Log-likelihood (Fellegi-Sunter) units; the precision
+# and recall each pair gives are in docs/benchmarks.md.
+MPI_LINK_THRESHOLD = float(env_str("MPI_LINK_THRESHOLD") or 12.0)
+MPI_REVIEW_THRESHOLD = float(env_str("MPI_REVIEW_THRESHOLD") or 4.0)
+# Keys that encrypt identity card numbers and phone numbers at rest (Fernet/AES, comma-separated,
+# newest first: the first encrypts, all decrypt, so keys rotate without downtime). Required
+# outside DEBUG; DEBUG derives a development key from SECRET_KEY.
+EXCHANGE_ENCRYPTION_KEYS = env_list("EXCHANGE_ENCRYPTION_KEYS", [])
+if not EXCHANGE_ENCRYPTION_KEYS:
+    _k = env_secret("EXCHANGE_ENCRYPTION_KEYS")
+    EXCHANGE_ENCRYPTION_KEYS = [k.strip() for k in (_k or "").split(",") if k.strip()]
+
+# --- Audit export and forwarding (issue #4) ---------------------------------------------------
+# Optional RFC 5424 syslog collector for audit events: host:port, TCP; TLS when AUDIT_SYSLOG_TLS=1.
+AUDIT_SYSLOG_ADDRESS = env_str("AUDIT_SYSLOG_ADDRESS") or ""
+AUDIT_SYSLOG_TLS = env_bool("AUDIT_SYSLOG_TLS", False)
+AUDIT_SYSLOG_CA_FILE = env_str("AUDIT_SYSLOG_CA_FILE") or ""
+# Price of one repeated examination (yuan) for the regulator's "studies reused" saving estimate.
+AUDIT_PRICE_PER_EXAM = float(env_str("AUDIT_PRICE_PER_EXAM") or 300.0)
+# Hours considered unusual for access (local time), e.g. "0-6".
+AUDIT_UNUSUAL_HOURS = env_str("AUDIT_UNUSUAL_HOURS") or "0-6"
 
 # --- Celery --------------------------------------------------------------------------------
 # Unset broker: tasks run eagerly in-process (the embedded demo). Set: a real broker.

@@ -1,0 +1,3 @@
+"""Regulator pages and audit exports (issue #4)."""
+
+urlpatterns: list = []

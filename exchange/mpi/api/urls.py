@@ -1,0 +1,3 @@
+"""Identity feed, PIX, PDQ and $match (issue #3)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Patient index pages: review queue and stewardship (issue #3)."""
+
+urlpatterns: list = []

@@ -4,12 +4,17 @@ Call record() inside the transaction of the action it describes (for reads: befo
 leave). If it raises, the action must fail with it.
 """
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audit import signing
 from audit.chain import CHAIN_FIELDS, GENESIS_HASH, event_hash, normalize_details
 from audit.models import AuditCheckpoint, AuditEvent, AuditHead, Event, Outcome
+
+
+class AuditUnavailable(RuntimeError):
+    """The audit trail could not be written: the action it describes must fail with it
+    (audit.middleware answers 503 and sends no data)."""
 
 
 def record(
@@ -50,13 +55,16 @@ def record(
         details=normalize_details(details),
     )
     # No savepoint: a failed audit write dooms the enclosing transaction, as the action must fail.
-    with transaction.atomic(savepoint=False):
-        row.seq, row.prev_hash = _claim_next_seq()
-        row.timestamp = timezone.now()
-        # CHAIN_FIELDS are values() names, which are also the instance's attribute names.
-        row.hash = event_hash({name: getattr(row, name) for name in CHAIN_FIELDS})
-        row.save(force_insert=True)
-        AuditHead.objects.filter(pk=AuditHead.ROW_ID).update(hash=row.hash)
+    try:
+        with transaction.atomic(savepoint=False):
+            row.seq, row.prev_hash = _claim_next_seq()
+            row.timestamp = timezone.now()
+            # CHAIN_FIELDS are values() names, which are also the instance's attribute names.
+            row.hash = event_hash({name: getattr(row, name) for name in CHAIN_FIELDS})
+            row.save(force_insert=True)
+            AuditHead.objects.filter(pk=AuditHead.ROW_ID).update(hash=row.hash)
+    except DatabaseError as exc:
+        raise AuditUnavailable("the audit trail could not be written") from exc
     return row
 
 

@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "exchange.studies",
     "exchange.dicomweb",
     "exchange.viewer",
+    "exchange.federation",
     "consent",
     "audit",
 ]

@@ -8,6 +8,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("dicomweb/", include("exchange.dicomweb.urls")),
+    path("hospital/", include("hospitals.urls")),
     path("audit/", include("audit.urls")),
     path("mpi/", include("exchange.mpi.urls")),
     path("api/", include("exchange.api_urls")),

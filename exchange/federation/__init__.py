@@ -1,0 +1,1 @@
+"""Archive federation: connectors to hospital archives (DICOMweb, DIMSE) and index sync (issue #6)."""

@@ -174,6 +174,24 @@ if not EXCHANGE_ENCRYPTION_KEYS:
     _k = env_secret("EXCHANGE_ENCRYPTION_KEYS")
     EXCHANGE_ENCRYPTION_KEYS = [k.strip() for k in (_k or "").split(",") if k.strip()]
 
+# --- Consent (issue #5; consent/, docs/decisions/0011-consent.md) ------------------------------
+# The province's default when a patient has recorded no choice: "opt-in" (other hospitals see
+# nothing without consent; PIPL's separate consent for sensitive data) or "opt-out".
+CONSENT_DEFAULT = env_str("CONSENT_DEFAULT") or "opt-in"
+if CONSENT_DEFAULT not in ("opt-in", "opt-out"):
+    raise ConfigurationError("CONSENT_DEFAULT must be opt-in or opt-out")
+# How long a break-glass access stays open for that one patient (hours).
+BREAK_GLASS_HOURS = env_int("BREAK_GLASS_HOURS", 4)
+# Patient portal one-time codes: lifetime (seconds), attempts per code, codes per phone per hour.
+OTP_TTL_SECONDS = env_int("OTP_TTL_SECONDS", 300)
+OTP_MAX_ATTEMPTS = env_int("OTP_MAX_ATTEMPTS", 5)
+OTP_MAX_PER_HOUR = env_int("OTP_MAX_PER_HOUR", 5)
+# Where one-time codes go: "console" (prints the code; the demo) or a dotted path to a backend.
+SMS_BACKEND = env_str("SMS_BACKEND") or ("console" if DEBUG else "")
+# Share links: default lifetime (hours) and wrong-PIN attempts before the link locks.
+SHARE_LINK_HOURS = env_int("SHARE_LINK_HOURS", 72)
+SHARE_LINK_MAX_PIN_ATTEMPTS = env_int("SHARE_LINK_MAX_PIN_ATTEMPTS", 5)
+
 # --- Audit export and forwarding (issue #4) ---------------------------------------------------
 # Optional RFC 5424 syslog collector for audit events: host:port, TCP; TLS when AUDIT_SYSLOG_TLS=1.
 AUDIT_SYSLOG_ADDRESS = env_str("AUDIT_SYSLOG_ADDRESS") or ""

@@ -9,6 +9,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("dicomweb/", include("exchange.dicomweb.urls")),
     path("hospital/", include("hospitals.urls")),
+    path("", include("consent.urls")),
     path("audit/", include("audit.urls")),
     path("mpi/", include("exchange.mpi.urls")),
     path("api/", include("exchange.api_urls")),

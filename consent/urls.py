@@ -1,0 +1,3 @@
+"""Patient portal (/me/), share links (/s/), access requests and break-glass (issue #5)."""
+
+urlpatterns: list = []

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from audit.models import AuditCheckpoint, AuditEvent
+from audit.models import AuditCheckpoint, AuditEvent, BreakGlassReview
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -26,3 +26,11 @@ class AuditEventAdmin(ReadOnlyAdmin):
 @admin.register(AuditCheckpoint)
 class AuditCheckpointAdmin(ReadOnlyAdmin):
     list_display = ("seq", "signed_at", "key_id", "hash")
+
+
+@admin.register(BreakGlassReview)
+class BreakGlassReviewAdmin(ReadOnlyAdmin):
+    """Read-only here: reviews are made on the regulator's page, which audits them."""
+
+    list_display = ("event", "status", "reviewer", "reviewed_at")
+    list_filter = ("status",)

@@ -19,6 +19,9 @@ class Event(models.TextChoices):
     SECURITY_ALERT = "security_alert", "Security alert"
     ACCESS_DENIED = "access_denied", "Access denied"
     ADMIN_CHANGE = "admin_change", "Administrative change"
+    BREAK_GLASS = "break_glass", "Break-glass (emergency) access"
+    CONSENT_CHANGE = "consent_change", "Consent change"
+    SHARE_LINK_USE = "share_link_use", "Share link use"
 
 
 class Outcome(models.TextChoices):
@@ -140,3 +143,28 @@ class AuditCheckpoint(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("audit checkpoints are append-only")
+
+
+class ReviewStatus(models.TextChoices):
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    FLAGGED = "flagged", "Flagged"
+
+
+class BreakGlassReview(models.Model):
+    """A regulator's review of one break-glass event: acknowledged as justified, or flagged.
+
+    One review per event. The review itself is also written to the trail (an ADMIN_CHANGE event
+    with details.action "break_glass_review"), which is the tamper-evident copy of this row.
+    """
+
+    event = models.OneToOneField(AuditEvent, on_delete=models.PROTECT, related_name="review")
+    status = models.CharField(max_length=16, choices=ReviewStatus.choices)
+    comment = models.TextField(blank=True)
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reviewed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-reviewed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"review of #{self.event.seq}: {self.status}"

@@ -7,7 +7,7 @@ leave). If it raises, the action must fail with it.
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from audit import signing
+from audit import signing, syslog
 from audit.chain import CHAIN_FIELDS, GENESIS_HASH, event_hash, normalize_details
 from audit.models import AuditCheckpoint, AuditEvent, AuditHead, Event, Outcome
 
@@ -63,6 +63,8 @@ def record(
             row.hash = event_hash({name: getattr(row, name) for name in CHAIN_FIELDS})
             row.save(force_insert=True)
             AuditHead.objects.filter(pk=AuditHead.ROW_ID).update(hash=row.hash)
+            # After commit only, and a no-op unless AUDIT_SYSLOG_ADDRESS is set.
+            syslog.forward(row)
     except DatabaseError as exc:
         raise AuditUnavailable("the audit trail could not be written") from exc
     return row

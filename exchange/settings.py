@@ -140,6 +140,11 @@ SPECTACULAR_SETTINGS = {
     "(docs/dicom-conformance.md).",
     "VERSION": "0.1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # drf-spectacular drops "$" from paths; put FHIR operation names ($match) back.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "exchange.mpi.api.schema.restore_fhir_operations",
+    ],
 }
 
 # --- Storage and ingest -------------------------------------------------------------------
@@ -164,8 +169,8 @@ QIDO_MAX_LIMIT = env_int("QIDO_MAX_LIMIT", 1000)
 # Match scores at or above LINK link automatically; between REVIEW and LINK go to the review
 # queue; below REVIEW make a new patient. Log-likelihood (Fellegi-Sunter) units; the precision
 # and recall each pair gives are in docs/benchmarks.md.
-MPI_LINK_THRESHOLD = float(env_str("MPI_LINK_THRESHOLD") or 12.0)
-MPI_REVIEW_THRESHOLD = float(env_str("MPI_REVIEW_THRESHOLD") or 4.0)
+MPI_LINK_THRESHOLD = float(env_str("MPI_LINK_THRESHOLD") or 23.0)
+MPI_REVIEW_THRESHOLD = float(env_str("MPI_REVIEW_THRESHOLD") or 14.0)
 # Keys that encrypt identity card numbers and phone numbers at rest (Fernet/AES, comma-separated,
 # newest first: the first encrypts, all decrypt, so keys rotate without downtime). Required
 # outside DEBUG; DEBUG derives a development key from SECRET_KEY.
@@ -173,6 +178,18 @@ EXCHANGE_ENCRYPTION_KEYS = env_list("EXCHANGE_ENCRYPTION_KEYS", [])
 if not EXCHANGE_ENCRYPTION_KEYS:
     _k = env_secret("EXCHANGE_ENCRYPTION_KEYS")
     EXCHANGE_ENCRYPTION_KEYS = [k.strip() for k in (_k or "").split(",") if k.strip()]
+
+# --- Federation (issue #6, docs/decisions/0010-federation.md) -------------------------------
+# Most studies per QIDO/C-FIND answer before a sync window is split.
+FEDERATION_QIDO_PAGE = env_int("FEDERATION_QIDO_PAGE", 200)
+# Each incremental sync re-reads this many days before its watermark (studies of "today" keep arriving).
+FEDERATION_SYNC_LOOKBACK_DAYS = env_int("FEDERATION_SYNC_LOOKBACK_DAYS", 1)
+# First StudyDate an initial sync asks for.
+FEDERATION_SYNC_EPOCH = env_str("FEDERATION_SYNC_EPOCH") or "19800101"
+# A running sync job whose heartbeat is older than this is taken over (its worker died).
+FEDERATION_SYNC_STALE_SECONDS = env_int("FEDERATION_SYNC_STALE_SECONDS", 900)
+FEDERATION_RETRY_BASE_SECONDS = env_int("FEDERATION_RETRY_BASE_SECONDS", 30)
+FEDERATION_SYNC_INTERVAL = env_int("FEDERATION_SYNC_INTERVAL", 900)
 
 # --- Consent (issue #5; consent/, docs/decisions/0011-consent.md) ------------------------------
 # The province's default when a patient has recorded no choice: "opt-in" (other hospitals see
@@ -213,7 +230,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3600)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3900)
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Every FEDERATION_SYNC_INTERVAL (15 min): incremental index sync of every live archive.
+    "federation-sync-live-endpoints": {
+        "task": "exchange.federation.tasks.sync_live_endpoints_task",
+        "schedule": float(FEDERATION_SYNC_INTERVAL),
+    },
+}
 
 LOGGING = {
     "version": 1,
@@ -222,7 +245,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "INFO"},
     # pydicom warns with element values (names, ids) when it meets odd data: keep them out.
-    "loggers": {"pydicom": {"level": "ERROR"}},
+    "loggers": {"pydicom": {"level": "ERROR"}, "pynetdicom": {"level": "WARNING"}},
 }
 
 # --- Audit trail: signed checkpoints (issue #4, docs/decisions/0006-audit-chain.md) ----------

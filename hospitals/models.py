@@ -55,3 +55,93 @@ class Profile(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} ({self.role})"
+
+
+# --- Archive endpoints (issue #6, docs/decisions/0010-federation.md) ---------------------------
+
+
+class EndpointKind(models.TextChoices):
+    DICOMWEB = "dicomweb", "DICOMweb (QIDO-RS / WADO-RS)"
+    DIMSE = "dimse", "DIMSE (C-FIND / C-GET / C-MOVE)"
+    PUSH = "push", "Push (the hospital sends to us)"
+
+
+class EndpointAuth(models.TextChoices):
+    NONE = "none", "None"
+    BASIC = "basic", "HTTP Basic"
+    BEARER = "bearer", "Bearer token"
+
+
+class RetrieveMethod(models.TextChoices):
+    C_GET = "c-get", "C-GET"
+    C_MOVE = "c-move", "C-MOVE"
+
+
+class EndpointStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    TESTING = "testing", "Connection tested"
+    SYNCING = "syncing", "Initial index sync"
+    LIVE = "live", "Live"
+    FAILED = "failed", "Failed"
+
+
+class ArchiveEndpoint(models.Model):
+    """Where a hospital's images are: an archive the platform queries (DICOMweb or DIMSE), or a
+    hospital that pushes to the platform. Secrets are stored encrypted (``secret_encrypted``)."""
+
+    hospital = models.ForeignKey(Hospital, on_delete=models.PROTECT, related_name="endpoints")
+    kind = models.CharField(max_length=10, choices=EndpointKind.choices)
+    name = models.CharField(max_length=100)
+    # DICOMweb
+    qido_url = models.URLField("QIDO-RS root", max_length=500, blank=True)
+    wado_url = models.URLField("WADO-RS root", max_length=500, blank=True)
+    stow_url = models.URLField("STOW-RS root", max_length=500, blank=True)
+    auth = models.CharField(max_length=10, choices=EndpointAuth.choices, default=EndpointAuth.NONE)
+    username = models.CharField(max_length=150, blank=True)
+    # Password (basic) or token (bearer), Fernet-encrypted (exchange.mpi.crypto); never shown again.
+    secret_encrypted = models.TextField(blank=True)
+    verify_tls = models.BooleanField("verify TLS certificates", default=True)
+    timeout = models.PositiveIntegerField("timeout (seconds)", default=30)
+    # DIMSE
+    remote_ae_title = models.CharField("remote AE title", max_length=16, blank=True, validators=[ae_title_validator])
+    host = models.CharField(max_length=255, blank=True)
+    port = models.PositiveIntegerField(null=True, blank=True)
+    calling_ae_title = models.CharField("calling AE title (the platform's)", max_length=16, blank=True,
+                                        validators=[ae_title_validator])
+    retrieve_method = models.CharField(max_length=10, choices=RetrieveMethod.choices, default=RetrieveMethod.C_GET)
+    # Lifecycle
+    status = models.CharField(max_length=10, choices=EndpointStatus.choices, default=EndpointStatus.DRAFT)
+    last_test_at = models.DateTimeField(null=True, blank=True)
+    last_test_ok = models.BooleanField(null=True, blank=True)
+    last_test_result = models.CharField(max_length=500, blank=True)
+    # Last StudyDate whose studies are all in the index; the next sync starts there (re-reading
+    # that day, since studies dated "today" keep arriving). Advanced only after a whole window.
+    sync_watermark = models.DateField(null=True, blank=True)
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["hospital__code", "name"]
+        constraints = [models.UniqueConstraint(fields=["hospital", "name"], name="uniq_endpoint_name_per_hospital")]
+
+    def __str__(self) -> str:
+        return f"{self.hospital.code} {self.name} ({self.kind})"
+
+    @property
+    def secret(self) -> str:
+        if not self.secret_encrypted:
+            return ""
+        from exchange.mpi.crypto import decrypt
+
+        return decrypt(self.secret_encrypted)
+
+    @secret.setter
+    def secret(self, value: str) -> None:
+        from exchange.mpi.crypto import encrypt
+
+        self.secret_encrypted = encrypt(value) if value else ""
+
+    @property
+    def queryable(self) -> bool:
+        return self.kind in (EndpointKind.DICOMWEB, EndpointKind.DIMSE)

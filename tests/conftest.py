@@ -31,6 +31,18 @@ def _storage(settings, tmp_path):
 
 
 @pytest.fixture
+def celery_eager():
+    """Run tasks in-process even when CELERY_BROKER_URL points at a real broker (CI): for tests
+    of what a task does, not of the broker (tests/studies/test_tasks.py covers the worker)."""
+    from exchange import celery_app
+
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = before
+
+
+@pytest.fixture
 def hospital_a(db):
     return hospital_create(code="PPH", name="Provincial People's Hospital", authority="PPH-MRN", ae_title="PPH_PACS")
 

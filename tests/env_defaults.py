@@ -6,3 +6,5 @@ import os
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production")
 os.environ.setdefault("EXCHANGE_IDENTITY_HMAC_KEY", "test-only-identity-key")
 os.environ.setdefault("SECURE_COOKIES", "0")
+# A Fernet key made for tests only: encrypts synthetic identity numbers in test databases.
+os.environ.setdefault("EXCHANGE_ENCRYPTION_KEYS", "q5wfE9Q4G-a8KuB3l2V97rh4yheC9lnOimVoPMdAe6s=")

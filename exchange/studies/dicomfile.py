@@ -68,6 +68,11 @@ class Parsed:
     study: dict = field(default_factory=dict)
     series: dict = field(default_factory=dict)
     instance: dict = field(default_factory=dict)
+    # For the patient index: PatientTelephoneNumbers (first value), the identity card number as
+    # sent even if invalid (flagged, never trusted), OtherPatientIDsSequence as (issuer, id) pairs.
+    phone: str = ""
+    ric_raw: str = ""
+    other_ids: tuple = ()
 
 
 def clean_text(value) -> str:
@@ -114,6 +119,25 @@ def _ric_from(ds) -> str | None:
         if number and (issuer in RIC_ISSUERS or not issuer):
             return number
     return clean_ric(ds.get("PatientID"))
+
+
+def _other_ids(ds) -> tuple:
+    out = []
+    for item in ds.get("OtherPatientIDsSequence") or []:
+        value = clean_text(item.get("PatientID"))[:64]
+        if value:
+            out.append((clean_text(item.get("IssuerOfPatientID"))[:64], value))
+    return tuple(out[:20])
+
+
+def _ric_raw(other_ids: tuple) -> str:
+    return next((value for issuer, value in other_ids if issuer.upper() in RIC_ISSUERS), "")
+
+
+def _phone(ds) -> str:
+    value = ds.get("PatientTelephoneNumbers")
+    values = list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
+    return next((clean_text(v)[:64] for v in values if clean_text(v)), "")
 
 
 def _check_pixel_data(ds, path: str, size: int) -> tuple[int | None, int | None]:
@@ -212,6 +236,7 @@ def parse(path: str) -> Parsed:
         ideographic = clean_text(name.ideographic)[:200]
         phonetic = clean_text(name.phonetic)[:200]
     sex = _text(ds, "PatientSex", 1).upper()
+    other_ids = _other_ids(ds)
     return Parsed(
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
@@ -226,6 +251,9 @@ def parse(path: str) -> Parsed:
         birth_date=parse_da(ds.get("PatientBirthDate")),
         sex=sex if sex in ("M", "F", "O") else "",
         ric=_ric_from(ds),
+        phone=_phone(ds),
+        ric_raw=_ric_raw(other_ids),
+        other_ids=other_ids,
         study={
             "study_date": parse_da(ds.get("StudyDate")),
             "study_time": _text(ds, "StudyTime", 16),

@@ -9,6 +9,13 @@ from django.conf import settings
 from django.db import models
 
 
+class Availability(models.TextChoices):
+    """Where a study's pixels are: stored by the platform, or held by the hospital's archive."""
+
+    LOCAL = "local", "Stored on the platform"
+    REMOTE = "remote", "Held by the hospital's archive (federated)"
+
+
 class Study(models.Model):
     hospital = models.ForeignKey("hospitals.Hospital", on_delete=models.PROTECT, related_name="studies")
     patient = models.ForeignKey("mpi.Patient", on_delete=models.PROTECT, related_name="studies")
@@ -35,6 +42,11 @@ class Study(models.Model):
     num_series = models.PositiveIntegerField(default=0)
     num_instances = models.PositiveIntegerField(default=0)
     total_bytes = models.BigIntegerField(default=0)
+    # Federation (issue #6): a study indexed from a hospital archive by sync has no local files;
+    # its instances are fetched from source_endpoint on demand.
+    availability = models.CharField(max_length=10, choices=Availability.choices, default=Availability.LOCAL)
+    source_endpoint = models.ForeignKey("hospitals.ArchiveEndpoint", null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="studies")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -85,7 +97,8 @@ class Instance(models.Model):
     transfer_syntax_uid = models.CharField(max_length=64)
     instance_number = models.IntegerField(null=True, blank=True)
     # SHA-256 of the stored Part 10 file (preamble zeroed); the file lives at storage.path_for(key).
-    storage_key = models.CharField(max_length=64, db_index=True)
+    # Blank for an instance held remotely (its study's availability is "remote").
+    storage_key = models.CharField(max_length=64, db_index=True, blank=True)
     size = models.BigIntegerField()
     rows = models.PositiveIntegerField(null=True, blank=True)
     columns = models.PositiveIntegerField(null=True, blank=True)

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit import record
 from audit.models import Event, Outcome
+from exchange.mpi.identity import RIC_ISSUERS
 from exchange.mpi.services import Demographics, IdentityConflict, identifier_resolve
 from exchange.studies import storage
 from exchange.studies.dicomfile import FailureReason, Parsed, Rejected, parse
@@ -93,7 +94,10 @@ def _demographics(p: Parsed) -> Demographics:
         name_phonetic=p.name_phonetic,
         birth_date=p.birth_date,
         sex=p.sex,
-        ric=p.ric,
+        # An invalid number is passed on so the index flags it (it is never trusted).
+        ric=p.ric or p.ric_raw or None,
+        phone=p.phone or None,
+        other_ids=tuple((issuer, value) for issuer, value in p.other_ids if issuer.upper() not in RIC_ISSUERS),
     )
 
 
@@ -184,7 +188,7 @@ class IngestSession:
     def _study_for(self, p: Parsed) -> Study:
         # A savepoint: an identity or study that is refused leaves no rows behind.
         with transaction.atomic():
-            identifier = identifier_resolve(hospital=self.hospital, demographics=_demographics(p))
+            identifier = identifier_resolve(hospital=self.hospital, demographics=_demographics(p), actor=self.actor)
             study, _ = Study.objects.get_or_create(
                 hospital=self.hospital, study_instance_uid=p.study_instance_uid, defaults=_study_defaults(p, identifier)
             )

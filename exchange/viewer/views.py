@@ -13,6 +13,7 @@ from django.urls import reverse
 from audit import record
 from audit.models import Event, Outcome
 from consent import policy
+from consent.views import denied_page
 from exchange.dicomweb import query
 from exchange.studies.models import IngestBatch, Instance, Series, Study
 from exchange.studies.tasks import import_upload_task, upload_save
@@ -33,7 +34,9 @@ def home(request):
     role = _role(request.user)
     if role == Role.HOSPITAL_ADMIN:
         return redirect("ingest-summary")
-    if role in (Role.CLINICIAN, Role.PATIENT, Role.INGEST):
+    if role == Role.PATIENT:
+        return redirect("portal-home")
+    if role in (Role.CLINICIAN, Role.INGEST):
         return redirect("search")
     hospitals = Hospital.objects.annotate(n_studies=Count("studies")).order_by("code")
     return render(request, "viewer/overview.html", {"hospitals": hospitals, "role": role})
@@ -93,7 +96,7 @@ def study_detail(request, pk: int):
     try:
         study = _study_for(request, pk)
     except PermissionError as exc:
-        return HttpResponseForbidden(f"Access denied: {exc}")
+        return denied_page(request, Study.objects.filter(pk=pk).first(), str(exc))
     series = Series.objects.filter(study=study).order_by("series_number", "id")
     first = {
         i.series_id: i
@@ -108,7 +111,7 @@ def series_viewer(request, pk: int, series_pk: int):
     try:
         study = _study_for(request, pk)
     except PermissionError as exc:
-        return HttpResponseForbidden(f"Access denied: {exc}")
+        return denied_page(request, Study.objects.filter(pk=pk).first(), str(exc))
     series = Series.objects.filter(study=study, pk=series_pk).first()
     if series is None:
         raise Http404("no such series")

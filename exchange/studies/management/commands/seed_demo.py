@@ -118,6 +118,11 @@ class Command(BaseCommand):
                 continue
             where = user.profile.hospital.name if user.profile.hospital else ""
             lines.append(f"  {role:<15} user {username:<12} password {password:<20} {where}")
+        patient_user = User.objects.filter(username="patient").select_related("profile__patient").first()
+        if patient_user is not None and patient_user.profile.patient is not None:
+            phones = {i.get_phone() for i in patient_user.profile.patient.identifiers.all()} - {None}
+            if len(phones) == 1:
+                lines.append(f"  patient portal  /me/ — phone {phones.pop()}; the one-time code is printed in this console")
         token = Token.objects.filter(user__username="gateway_pph").first()
         if token:
             lines.append(f"  STOW-RS/QIDO-RS token of gateway_pph: Authorization: Token {token.key}")

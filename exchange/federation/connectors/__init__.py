@@ -1,0 +1,99 @@
+"""Connectors to hospital archives: one per protocol, one small interface.
+
+``connector_for(endpoint)`` gives a DICOMweb or DIMSE connector. Every failure to reach or
+understand an archive is a ``ConnectorError`` whose ``code`` says what kind it was (so a person
+gets a message they can act on, and a task knows whether retrying can help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from django.db import models
+from pydicom.dataset import Dataset
+
+
+class ErrorCode(models.TextChoices):
+    OK = "ok", "OK"
+    DNS = "dns", "Host name not found"
+    REFUSED = "refused", "Connection refused"
+    TIMEOUT = "timeout", "Timed out"
+    TLS = "tls", "TLS failure"
+    AUTH = "auth", "Authentication failed"
+    WRONG_AE = "wrong_ae", "AE title not recognised"
+    REJECTED = "rejected", "Association rejected"
+    NOT_DICOMWEB = "not_dicomweb", "Not a DICOMweb service"
+    HTTP_ERROR = "http_error", "HTTP error"
+    PROTOCOL = "protocol", "Protocol error"
+    CONFIG = "config", "Endpoint not configured"
+
+
+# Failures that may pass by themselves: a task retries these with backoff.
+TRANSIENT = {ErrorCode.DNS, ErrorCode.REFUSED, ErrorCode.TIMEOUT, ErrorCode.HTTP_ERROR, ErrorCode.PROTOCOL}
+
+
+@dataclass(frozen=True)
+class TestResult:
+    ok: bool
+    code: str
+    message: str
+
+    __test__ = False  # not a pytest test class
+
+
+class ConnectorError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT
+
+    def as_result(self) -> TestResult:
+        return TestResult(False, self.code, self.message)
+
+
+class Connector:
+    """Query side of an archive. Datasets are pydicom Datasets (QIDO JSON is converted)."""
+
+    def test(self) -> TestResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def find_studies(self, date_from: date, date_to: date, *, limit: int | None = None, offset: int = 0) -> list[Dataset]:
+        """Studies whose StudyDate is in [date_from, date_to]. With ``limit``: at most that many."""
+        raise NotImplementedError  # pragma: no cover
+
+    def find_series(self, study_uid: str) -> list[Dataset]:
+        raise NotImplementedError  # pragma: no cover
+
+    def find_instances(self, study_uid: str, series_uid: str) -> list[Dataset]:
+        raise NotImplementedError  # pragma: no cover
+
+    def patient_details(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Dataset | None:
+        """Patient module of one instance when the study-level answer lacks it (IssuerOfPatientID,
+        OtherPatientIDsSequence); None if the protocol has no cheap way to get it."""
+        return None
+
+    # Paging: can this connector page with limit/offset (QIDO-RS), or does it return all (C-FIND)?
+    pages = False
+
+
+def da_range(date_from: date, date_to: date) -> str:
+    """A DICOM date range matching value (PS3.4 C.2.2.2.5.1)."""
+    return f"{date_from:%Y%m%d}-{date_to:%Y%m%d}"
+
+
+def connector_for(endpoint) -> Connector:
+    from hospitals.models import EndpointKind
+
+    if endpoint.kind == EndpointKind.DICOMWEB:
+        from exchange.federation.connectors.dicomweb import DicomwebConnector
+
+        return DicomwebConnector(endpoint)
+    if endpoint.kind == EndpointKind.DIMSE:
+        from exchange.federation.connectors.dimse import DimseConnector
+
+        return DimseConnector(endpoint)
+    raise ConnectorError(ErrorCode.CONFIG, "a push endpoint is not queried: the hospital sends its studies to the platform")

@@ -1,0 +1,104 @@
+"""An archive that dies mid-sync: the windows done stay, the watermark stops at the last complete
+window, and the next sync (archive back, same storage) ends with exactly the source's studies."""
+
+import datetime
+
+import pytest
+
+from exchange.federation.connectors import ConnectorError, ErrorCode
+from exchange.federation.models import JobStatus, SyncJob
+from exchange.federation.services import sync_job_claim, sync_job_create, sync_job_finish
+from exchange.federation.sync import run_sync
+from exchange.federation.tasks import sync_endpoint_task
+from exchange.studies.models import Instance, Series, Study
+from hospitals.services import endpoint_create, endpoint_sync_start
+from tests.federation.conftest import need_orthanc, source_index
+from tests.federation.orthanc import OrthancServer
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def flaky_archive(study_files, tmp_path):
+    need_orthanc()
+    server = OrthancServer(tmp_path / "flaky", aet="FLAKY_PACS").start()
+    try:
+        server.upload([p for paths in study_files.values() for p in paths])
+        yield server
+    finally:
+        server.stop()
+
+
+def uids(hospital):
+    return sorted(Study.objects.filter(hospital=hospital).values_list("study_instance_uid", flat=True))
+
+
+def test_archive_killed_mid_sync_then_back(flaky_archive, hospital_a, settings, django_capture_on_commit_callbacks):
+    settings.FEDERATION_QIDO_PAGE = 2
+    source = source_index(flaky_archive)
+    assert len(source) > 4
+    endpoint = endpoint_create(hospital=hospital_a, kind="dicomweb", name="PACS", qido_url=flaky_archive.dicomweb, timeout=5)
+
+    # given: a sync whose archive is killed (SIGKILL) right after the first window with studies committed
+    job = sync_job_create(endpoint=endpoint, trigger="initial")
+    assert sync_job_claim(job.pk)
+    windows = []
+
+    def kill_after_first(lo, hi):
+        if not windows and Study.objects.exists():
+            windows.append((lo, hi))
+            flaky_archive.kill()
+
+    with pytest.raises(ConnectorError) as failure:
+        run_sync(job, connector=None, after_window=kill_after_first)
+    assert failure.value.code == ErrorCode.REFUSED
+    sync_job_finish(job.pk, failed=True, message=failure.value.message)
+
+    # then: only whole windows are in the index, and the watermark marks the first one
+    endpoint.refresh_from_db()
+    assert endpoint.sync_watermark == windows[0][1]
+    partial = uids(hospital_a)
+    assert 0 < len(partial) < len(source)
+    assert set(partial) <= set(source)
+
+    # when: the archive is down, the task fails the job with a clear message (no retry in eager mode)
+    with django_capture_on_commit_callbacks(execute=True):
+        down = endpoint_sync_start(endpoint=endpoint)
+    down.refresh_from_db()
+    assert down.status == JobStatus.FAILED and down.message.startswith("Connection refused")
+
+    # when: the archive comes back with the same storage and the next sync runs
+    flaky_archive.start()
+    with django_capture_on_commit_callbacks(execute=True):
+        resumed = endpoint_sync_start(endpoint=endpoint)
+    resumed.refresh_from_db()
+    assert resumed.status == JobStatus.DONE, resumed.message
+    # it resumed from the watermark (minus the look-back day), not from the beginning
+    assert resumed.watermark_from >= windows[0][1] - datetime.timedelta(days=1)
+
+    # then: exactly the source's studies, series and instances, no duplicates
+    assert uids(hospital_a) == sorted(source)
+    assert Series.objects.count() == sum(len(s) for s in source.values())
+    assert Instance.objects.count() == sum(len(i) for s in source.values() for i in s.values())
+    assert sorted(Instance.objects.values_list("sop_instance_uid", flat=True)) == sorted(
+        sop for s in source.values() for i in s.values() for sop in i)
+
+
+def test_a_second_run_for_the_same_endpoint_does_nothing(hospital_a):
+    endpoint = endpoint_create(hospital=hospital_a, kind="dicomweb", name="PACS", qido_url="http://127.0.0.1:9/dicom-web")
+    job = sync_job_create(endpoint=endpoint, trigger="initial")
+    assert sync_job_create(endpoint=endpoint, trigger="periodic") is None  # one active job per endpoint
+    assert sync_job_claim(job.pk)
+    assert not sync_job_claim(job.pk)  # a redelivered message finds the job taken
+    assert sync_endpoint_task.run(endpoint.pk)["status"] == "skipped"  # beat tick during the run
+    assert sync_endpoint_task.run(endpoint.pk, None, job.pk)["status"] == "skipped"
+    assert SyncJob.objects.get(pk=job.pk).status == JobStatus.RUNNING
+    assert SyncJob.objects.count() == 1
+
+
+def test_a_job_left_by_a_crashed_worker_is_taken_over(hospital_a, settings):
+    settings.FEDERATION_SYNC_STALE_SECONDS = 0
+    endpoint = endpoint_create(hospital=hospital_a, kind="dicomweb", name="PACS", qido_url="http://127.0.0.1:9/dicom-web")
+    job = sync_job_create(endpoint=endpoint)
+    assert sync_job_claim(job.pk)
+    assert sync_job_claim(job.pk)  # heartbeat too old: the redelivered task takes it over

@@ -100,12 +100,29 @@ class Command(BaseCommand):
     @transaction.atomic
     def create_accounts(self, province, hospitals):
         patient = self._patient_for_demo(province)
+        users = {}
         for username, role, code, password in ACCOUNTS:
-            user = account_create(username=username, role=role, password=password,
-                                  hospital=hospitals.get(code) if code else None,
-                                  patient=patient if role == "patient" else None)
+            users[username] = account_create(username=username, role=role, password=password,
+                                             hospital=hospitals.get(code) if code else None,
+                                             patient=patient if role == "patient" else None)
             if role == "ingest":
-                Token.objects.get_or_create(user=user)
+                Token.objects.get_or_create(user=users[username])
+        self.seed_history(patient, users, hospitals)
+
+    def seed_history(self, patient, users, hospitals):
+        """A little history through the real services, so every role has something to see: the
+        demo patient lets First City Hospital see their images, and a First City clinician once
+        used emergency access to another patient known only at the Provincial hospital (it waits
+        in the regulator's break-glass review queue)."""
+        from consent.models import BreakGlassReason, Scope
+        from consent.services import break_glass_open, consent_grant
+
+        consent_grant(actor=users["patient"], patient=patient, scope=Scope.HOSPITAL, hospital=hospitals["CITY1"])
+        other = (Patient.objects.exclude(pk=patient.pk).filter(studies__hospital=hospitals["PPH"])
+                 .exclude(studies__hospital=hospitals["CITY1"]).order_by("pk").first())
+        if other is not None:
+            break_glass_open(actor=users["dr_city"], patient=other, reason=BreakGlassReason.UNCONSCIOUS,
+                             reason_text="Brought in unconscious after a road accident; prior chest CT needed.")
 
     def print_accounts(self):
         from django.contrib.auth import get_user_model

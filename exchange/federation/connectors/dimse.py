@@ -86,12 +86,16 @@ class DimseConnector(Connector):
         except OSError as exc:
             raise ConnectorError(ErrorCode.REFUSED, f"Cannot connect to {self.host}:{self.port} ({exc.strerror or type(exc).__name__}).") from None
 
-    def _associate(self):
+    def _associate(self, retry_abort: bool = True):
         self._reach()
         started = time.monotonic()
         assoc = self._ae().associate(self.host, self.port, ae_title=self.called)
         if assoc.is_established:
             return assoc
+        if assoc.is_aborted and retry_abort and time.monotonic() - started < self.timeout * 0.5:
+            # A peer that rejects and closes at once can lose the race with its own A-ASSOCIATE-RJ
+            # (seen with Orthanc under load): the rejection then looks like an abort. Ask once more.
+            return self._associate(retry_abort=False)
         if assoc.is_rejected:
             rj = assoc.acceptor.primitive
             source, reason = getattr(rj, "result_source", None), getattr(rj, "diagnostic", None)

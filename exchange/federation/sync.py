@@ -32,7 +32,7 @@ from exchange.federation.models import SyncJob
 from exchange.mpi.identity import parse_da
 from exchange.mpi.services import Demographics, IdentityConflict, identifier_resolve
 # The same rule the ingest uses to find a Resident Identity Card number in a data set.
-from exchange.studies.dicomfile import _ric_from, clean_text
+from exchange.studies.dicomfile import int_of, name_groups, ric_from, study_fields, text_of
 from exchange.studies.models import Availability, Instance, Series, Study
 from exchange.studies.names import search_key
 
@@ -46,35 +46,11 @@ def _setting(name: str, default):
 # --- reading data sets ---------------------------------------------------------------------------
 
 
-def _text(ds: Dataset, keyword: str, limit: int = 200) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__"):
-        value = "\\".join(str(v) for v in value)
-    return clean_text(value)[:limit]
-
-
-def _int(ds: Dataset, keyword: str):
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _uid(ds: Dataset, keyword: str) -> str:
     value = str(ds.get(keyword) or "").strip().rstrip("\0")
     if not value or len(value) > 64 or not all(c.isdigit() or c == "." for c in value):
         raise ValueError(f"{keyword} is missing or not a valid UID")
     return value
-
-
-def _names(ds: Dataset) -> tuple[str, str, str]:
-    name = ds.get("PatientName")
-    if name is None or not str(name):
-        return "", "", ""
-    return (clean_text(name.alphabetic)[:200], clean_text(name.ideographic)[:200], clean_text(name.phonetic)[:200])
 
 
 @dataclass
@@ -106,17 +82,17 @@ def read_study(connector: Connector, ds: Dataset) -> RemoteStudy:
     for sds in connector.find_series(study_uid):
         series_uid = _uid(sds, "SeriesInstanceUID")
         rs = RemoteSeries(series_uid, {
-            "modality": _text(sds, "Modality", 16),
-            "series_number": _int(sds, "SeriesNumber"),
-            "description": _text(sds, "SeriesDescription"),
-            "body_part": _text(sds, "BodyPartExamined", 64),
+            "modality": text_of(sds, "Modality", 16),
+            "series_number": int_of(sds, "SeriesNumber"),
+            "description": text_of(sds, "SeriesDescription"),
+            "body_part": text_of(sds, "BodyPartExamined", 64),
         })
         for ids in connector.find_instances(study_uid, series_uid):
             rs.instances.append(RemoteInstance(_uid(ids, "SOPInstanceUID"), str(ids.get("SOPClassUID") or "")[:64], {
-                "instance_number": _int(ids, "InstanceNumber"),
-                "rows": _int(ids, "Rows"),
-                "columns": _int(ids, "Columns"),
-                "number_of_frames": _int(ids, "NumberOfFrames") or 1,
+                "instance_number": int_of(ids, "InstanceNumber"),
+                "rows": int_of(ids, "Rows"),
+                "columns": int_of(ids, "Columns"),
+                "number_of_frames": int_of(ids, "NumberOfFrames") or 1,
             }))
         series_list.append(rs)
     patient = ds
@@ -127,22 +103,17 @@ def read_study(connector: Connector, ds: Dataset) -> RemoteStudy:
             details = connector.patient_details(study_uid, first[0].series_instance_uid, first[1].sop_instance_uid)
             if details is not None:
                 patient = details
-    alphabetic, ideographic, phonetic = _names(patient)
-    patient_id = _text(patient, "PatientID", 64) or _text(ds, "PatientID", 64)
+    alphabetic, ideographic, phonetic = name_groups(patient)
+    patient_id = text_of(patient, "PatientID", 64) or text_of(ds, "PatientID", 64)
     if not patient_id:
         raise ValueError("PatientID is missing")
-    sex = _text(patient, "PatientSex", 1).upper()
+    sex = text_of(patient, "PatientSex", 1).upper()
     demographics = Demographics(
-        local_id=patient_id, issuer=_text(patient, "IssuerOfPatientID", 64), name_alphabetic=alphabetic,
+        local_id=patient_id, issuer=text_of(patient, "IssuerOfPatientID", 64), name_alphabetic=alphabetic,
         name_ideographic=ideographic, name_phonetic=phonetic, birth_date=parse_da(patient.get("PatientBirthDate")),
-        sex=sex if sex in ("M", "F", "O") else "", ric=_ric_from(patient))
+        sex=sex if sex in ("M", "F", "O") else "", ric=ric_from(patient))
     fields = {
-        "study_date": parse_da(ds.get("StudyDate")),
-        "study_time": _text(ds, "StudyTime", 16),
-        "accession_number": _text(ds, "AccessionNumber", 64),
-        "study_id": _text(ds, "StudyID", 16),
-        "description": _text(ds, "StudyDescription"),
-        "referring_physician_name": _text(ds, "ReferringPhysicianName"),
+        **study_fields(ds),
         "dicom_patient_id": patient_id,
         "issuer_of_patient_id": demographics.issuer,
         "patient_name_alphabetic": alphabetic,

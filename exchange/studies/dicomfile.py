@@ -88,12 +88,39 @@ def _text(ds, keyword: str, limit: int = 200) -> str:
     return clean_text(value)[:limit]
 
 
+def study_fields(ds) -> dict:
+    """Study-level attributes the index keeps, from any data set (a file, a QIDO answer)."""
+    return {
+        "study_date": parse_da(ds.get("StudyDate")),
+        "study_time": _text(ds, "StudyTime", 16),
+        "accession_number": _text(ds, "AccessionNumber", 64),
+        "study_id": _text(ds, "StudyID", 16),
+        "description": _text(ds, "StudyDescription"),
+        "referring_physician_name": _text(ds, "ReferringPhysicianName"),
+    }
+
+
+def name_groups(ds) -> tuple[str, str, str]:
+    """PatientName's alphabetic, ideographic and phonetic groups, escapes stripped."""
+    name = ds.get("PatientName")
+    if name is None or not str(name):
+        return "", "", ""
+    return clean_text(name.alphabetic)[:200], clean_text(name.ideographic)[:200], clean_text(name.phonetic)[:200]
+
+
+
+
 def _int(ds, keyword: str):
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+# Public names of the readers, for other readers of data sets (federation sync).
+text_of = _text
+int_of = _int
 
 
 def _uid(ds, keyword: str, *, sop_class="", sop_instance="") -> str:
@@ -112,7 +139,7 @@ def is_storage_sop_class(uid: str) -> bool:
     return u.type == "SOP Class" and ("Storage" in u.name or "Stored Print" in u.name)
 
 
-def _ric_from(ds) -> str | None:
+def ric_from(ds) -> str | None:
     for item in ds.get("OtherPatientIDsSequence") or []:
         issuer = str(item.get("IssuerOfPatientID") or "").strip().upper()
         number = clean_ric(item.get("PatientID"))
@@ -229,12 +256,7 @@ def parse(path: str) -> Parsed:
     if not patient_id:
         raise Rejected(FailureReason.DATASET_DOES_NOT_MATCH, "PatientID is missing", sop_class, sop_instance)
 
-    name = ds.get("PatientName")
-    alphabetic = ideographic = phonetic = ""
-    if name is not None and str(name):
-        alphabetic = clean_text(name.alphabetic)[:200]
-        ideographic = clean_text(name.ideographic)[:200]
-        phonetic = clean_text(name.phonetic)[:200]
+    alphabetic, ideographic, phonetic = name_groups(ds)
     sex = _text(ds, "PatientSex", 1).upper()
     other_ids = _other_ids(ds)
     return Parsed(
@@ -250,18 +272,11 @@ def parse(path: str) -> Parsed:
         name_phonetic=phonetic,
         birth_date=parse_da(ds.get("PatientBirthDate")),
         sex=sex if sex in ("M", "F", "O") else "",
-        ric=_ric_from(ds),
+        ric=ric_from(ds),
         phone=_phone(ds),
         ric_raw=_ric_raw(other_ids),
         other_ids=other_ids,
-        study={
-            "study_date": parse_da(ds.get("StudyDate")),
-            "study_time": _text(ds, "StudyTime", 16),
-            "accession_number": _text(ds, "AccessionNumber", 64),
-            "study_id": _text(ds, "StudyID", 16),
-            "description": _text(ds, "StudyDescription"),
-            "referring_physician_name": _text(ds, "ReferringPhysicianName"),
-        },
+        study=study_fields(ds),
         series={
             "modality": _text(ds, "Modality", 16),
             "series_number": _int(ds, "SeriesNumber"),

@@ -214,7 +214,7 @@ def portal_share_detail(request, pk: int):
     url = request.build_absolute_uri(reverse("share", args=[link.token()]))
     qr = segno.make(url, error="m").svg_inline(scale=4, dark="#102a43")
     uses = selectors.share_link_uses(link)
-    _audit_own_view(request, "portal_share", share_link=link.pk)
+    _audit_own_view(request, "portal_share", study=link.study, share_link=link.pk)
     return render(request, "consent/portal_share.html", {"link": link, "url": url, "qr": qr, "uses": uses,
                                                          "state": link.state()})
 

@@ -190,6 +190,16 @@ FEDERATION_SYNC_EPOCH = env_str("FEDERATION_SYNC_EPOCH") or "19800101"
 FEDERATION_SYNC_STALE_SECONDS = env_int("FEDERATION_SYNC_STALE_SECONDS", 900)
 FEDERATION_RETRY_BASE_SECONDS = env_int("FEDERATION_RETRY_BASE_SECONDS", 30)
 FEDERATION_SYNC_INTERVAL = env_int("FEDERATION_SYNC_INTERVAL", 900)
+# --- Federation: retrieve proxy cache and prefetch of priors (exchange/federation/proxy.py) ---
+# Where instances fetched from hospital archives are cached; empty: <EXCHANGE_STORAGE_DIR>/proxy-cache.
+EXCHANGE_PROXY_CACHE_DIR = env_str("EXCHANGE_PROXY_CACHE_DIR") or ""
+# Size limit of that cache (bytes); least recently used entries are evicted past it.
+EXCHANGE_PROXY_CACHE_BYTES = env_int("EXCHANGE_PROXY_CACHE_BYTES", 10 * 1024**3)
+if EXCHANGE_PROXY_CACHE_BYTES <= 0:
+    raise ConfigurationError("EXCHANGE_PROXY_CACHE_BYTES must be a positive number of bytes")
+# Prefetch of priors: how many of a patient's most recent remote studies an order warms by default.
+EXCHANGE_PREFETCH_STUDIES = env_int("EXCHANGE_PREFETCH_STUDIES", 3)
+# --- end retrieve proxy ---
 
 # --- Consent (issue #5; consent/, docs/decisions/0011-consent.md) ------------------------------
 # The province's default when a patient has recorded no choice: "opt-in" (other hospitals see
@@ -263,3 +273,27 @@ CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
     "task": "audit.tasks.checkpoint_task",
     "schedule": float(AUDIT_CHECKPOINT_INTERVAL),
 }
+
+# --- Federated search (issue #6, exchange/federation/search.py) ---------------------------------
+# Most seconds a refresh waits for one archive (each archive's own timeout is capped by this);
+# an archive that has not answered by then is reported as "did not answer".
+try:
+    EXCHANGE_FEDERATED_SEARCH_TIMEOUT = float(env_str("EXCHANGE_FEDERATED_SEARCH_TIMEOUT") or 5.0)
+except ValueError:
+    raise ConfigurationError("EXCHANGE_FEDERATED_SEARCH_TIMEOUT must be a number of seconds") from None
+if not 0 < EXCHANGE_FEDERATED_SEARCH_TIMEOUT <= 300:
+    raise ConfigurationError("EXCHANGE_FEDERATED_SEARCH_TIMEOUT must be between 0 and 300 seconds")
+
+# --- DIMSE SCP (issue #6, exchange/federation/scp.py, `manage.py dicom_scp`) ---------------------
+# The platform's own AE title, and where `dicom_scp` listens (loopback unless told otherwise).
+EXCHANGE_SCP_AE_TITLE = (env_str("EXCHANGE_SCP_AE_TITLE") or "EXCHANGE").strip()
+if not 0 < len(EXCHANGE_SCP_AE_TITLE) <= 16 or any(c == "\\" or not " " <= c <= "~" for c in EXCHANGE_SCP_AE_TITLE):
+    raise ConfigurationError("EXCHANGE_SCP_AE_TITLE must be 1-16 printable ASCII characters, no backslash (PS3.5 §6.2)")
+EXCHANGE_SCP_HOST = env_str("EXCHANGE_SCP_HOST") or "127.0.0.1"
+EXCHANGE_SCP_PORT = env_int("EXCHANGE_SCP_PORT", 11112)
+# Simultaneous associations; one more is rejected (A-ASSOCIATE-RJ transient, local limit exceeded).
+EXCHANGE_SCP_MAX_ASSOCIATIONS = env_int("EXCHANGE_SCP_MAX_ASSOCIATIONS", 10)
+# Seconds of silence (ACSE, DIMSE, network) after which an association is aborted.
+EXCHANGE_SCP_TIMEOUT = env_int("EXCHANGE_SCP_TIMEOUT", 60)
+if not 0 <= EXCHANGE_SCP_PORT < 65536 or EXCHANGE_SCP_MAX_ASSOCIATIONS < 1 or EXCHANGE_SCP_TIMEOUT < 1:
+    raise ConfigurationError("EXCHANGE_SCP_PORT must be 0-65535, EXCHANGE_SCP_MAX_ASSOCIATIONS and EXCHANGE_SCP_TIMEOUT positive")

@@ -20,6 +20,8 @@ from consent import policy
 from exchange.dicomweb import dicomjson, query, render
 from exchange.dicomweb.multipart import MultipartError, MultipartReader, new_boundary, parse_content_type, stream_parts
 from exchange.dicomweb.stow import store_multipart
+from exchange.federation import proxy
+from exchange.federation.connectors import ConnectorError, ErrorCode
 from exchange.studies import storage
 from exchange.studies.models import Instance, Series, Study
 from exchange.studies.selectors import Denied, NotFound, instances_in, series_in, studies_for_read
@@ -41,6 +43,14 @@ class AcceptAnything(BaseContentNegotiation):
 
 def error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
+
+
+def source_error(exc: ConnectorError) -> JsonResponse:
+    """A federated instance its archive did not deliver: 504 if it timed out, else 502, with the
+    connector's message (host names and codes, never patient data)."""
+    status = 504 if exc.code == ErrorCode.TIMEOUT else 502
+    return JsonResponse({"error": f"the hospital archive holding this study did not deliver it: {exc.message}",
+                         "code": exc.code}, status=status)
 
 
 class DicomwebView(APIView):
@@ -76,6 +86,14 @@ class DicomwebView(APIView):
                     details={"path": request.path, "reason": denied.decision.reason},
                 )
             return None, error(403, f"access denied: {denied.decision.reason}")
+
+    def audit_source_failure(self, request, studies, event, exc: ConnectorError) -> None:
+        """A read that failed because the study's archive did not deliver: nothing was sent."""
+        purpose = policy.purpose_for(request.user)
+        with transaction.atomic():
+            for study in studies:
+                record(event, request.user, Outcome.SERIOUS_FAILURE, study=study, purpose=purpose,
+                       details={"path": request.path, "source_error": exc.code})
 
     def audit_read(self, request, studies, event=Event.INSTANCES_ACCESSED, **details) -> None:
         """Write the read's audit events (committed before any byte is sent)."""
@@ -205,9 +223,37 @@ def _accepts(request, media: str) -> bool:
     return False
 
 
+def _remote_parts(instances, first):
+    """(content type, chunks) per instance; a federated instance comes through the retrieve proxy
+    (cache, or its archive while filling the cache), opened only when the stream reaches it."""
+    try:
+        for n, instance in enumerate(instances):
+            if not proxy.is_remote(instance):
+                yield f"application/dicom; transfer-syntax={instance.transfer_syntax_uid}", _file_chunks(instance.storage_key)
+                continue
+            fetch = first if n == 0 and first is not None else proxy.open_instance(instance, chunk_size=CHUNK)
+            yield f"application/dicom; transfer-syntax={fetch.transfer_syntax_uid}", fetch.chunks()
+    finally:
+        if first is not None:
+            first.close()
+
+
+def _until_source_fails(body):
+    """A multipart body that ends WITHOUT its closing delimiter if an archive fails mid-stream:
+    the headers are sent, so the client can only tell from a truncated body (RFC 2046 §5.1.1)."""
+    try:
+        yield from body
+    except ConnectorError as exc:
+        log.warning("retrieve from a hospital archive failed mid-stream (%s): multipart body truncated", exc.code)
+    finally:
+        body.close()
+
+
 class RetrieveView(DicomwebView):
     """WADO-RS retrieve of a study, series or instance as multipart/related application/dicom
-    (PS3.18 §10.4.1.1.1), streamed from storage in the stored transfer syntax."""
+    (PS3.18 §10.4.1.1.1), streamed from storage in the stored transfer syntax. Instances of a
+    federated study come from the retrieve proxy (exchange/federation/proxy.py), in the
+    archive's transfer syntax."""
 
     def get(self, request, study_uid, series_uid=None, sop_uid=None):
         accept = request.META.get("HTTP_ACCEPT", "")
@@ -219,11 +265,29 @@ class RetrieveView(DicomwebView):
         instances = list(instances_in(studies, series_uid, sop_uid))
         if not instances:
             return error(404, "no such series or instance")
-        self.audit_read(request, studies, Event.INSTANCES_TRANSFERRED, instances=len(instances))
+        first = None
+        if proxy.is_remote(instances[0]):
+            # The first bytes from the archive before any header: if it cannot deliver, a clear
+            # 502/504 instead of a 200 with an empty body.
+            try:
+                first = proxy.open_instance(instances[0], chunk_size=CHUNK)
+            except ConnectorError as exc:
+                self.audit_source_failure(request, studies, Event.INSTANCES_TRANSFERRED, exc)
+                return source_error(exc)
+        try:
+            self.audit_read(request, studies, Event.INSTANCES_TRANSFERRED, instances=len(instances))
+        except BaseException:
+            if first is not None:
+                first.close()
+            raise
         boundary = new_boundary()
-        parts = ((f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", _file_chunks(i.storage_key)) for i in instances)
+        if first is None and not any(proxy.is_remote(i) for i in instances):
+            body = stream_parts(((f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", _file_chunks(i.storage_key))
+                                 for i in instances), boundary)
+        else:
+            body = _until_source_fails(stream_parts(_remote_parts(instances, first), boundary))
         response = StreamingHttpResponse(
-            stream_parts(parts, boundary),
+            body,
             content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
         )
         return response
@@ -245,17 +309,26 @@ class MetadataView(DicomwebView):
         instances = list(instances_in(studies, series_uid, sop_uid))
         if not instances:
             return error(404, "no such series or instance")
+        try:  # federated instances: fetched into the retrieve cache first (fetch-then-serve)
+            paths = {i.pk: proxy.instance_path(i) for i in instances if proxy.is_remote(i)}
+        except ConnectorError as exc:
+            self.audit_source_failure(request, studies, Event.INSTANCES_ACCESSED, exc)
+            return source_error(exc)
         self.audit_read(request, studies, Event.INSTANCES_ACCESSED, metadata=True, instances=len(instances))
         base = self.base_url(request)
-        return JsonResponse([metadata_json(i, base) for i in instances], safe=False, content_type=DICOM_JSON)
+        try:
+            body = [metadata_json(i, base, paths.get(i.pk)) for i in instances]
+        except FileNotFoundError:  # a cache entry evicted between fetch and read (a cache far too small)
+            return error(503, "the retrieve cache could not keep this study's instances long enough; try again")
+        return JsonResponse(body, safe=False, content_type=DICOM_JSON)
 
 
-def metadata_json(instance, base: str) -> dict:
+def metadata_json(instance, base: str, path: str | None = None) -> dict:
     import pydicom
 
     url = (f"{base}/studies/{instance.series.study.study_instance_uid}/series/{instance.series.series_instance_uid}"
            f"/instances/{instance.sop_instance_uid}")
-    with storage.open_key(instance.storage_key) as fp:
+    with (open(path, "rb") if path else storage.open_key(instance.storage_key)) as fp:
         ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=64 * 1024)
 
     def bulk(element) -> str:
@@ -285,6 +358,14 @@ class FramesView(DicomwebView):
             return error(404, "no such series or instance")
         if any(n < 1 or n > instance.number_of_frames for n in numbers):
             return error(404, f"frame numbers must be between 1 and {instance.number_of_frames}")
+        remote = proxy.is_remote(instance)
+        try:  # a federated instance is fetched into the retrieve cache first (fetch-then-serve)
+            path = proxy.instance_path(instance)
+        except ConnectorError as exc:
+            self.audit_source_failure(request, studies, Event.INSTANCES_ACCESSED, exc)
+            return source_error(exc)
+        # The cached file's Pixel Data position is found from its header, not taken from the row.
+        pixel_data_offset = None if remote else instance.pixel_data_offset
         native_ts = instance.transfer_syntax_uid
         compressed = render.frame_media_type(native_ts) != "application/octet-stream"
         accept = request.META.get("HTTP_ACCEPT", "")
@@ -292,13 +373,12 @@ class FramesView(DicomwebView):
         # otherwise decode to uncompressed bytes (the PS3.18 default for octet-stream).
         native_ok = not compressed or not accept or "transfer-syntax=*" in accept.replace('"', "") or render.frame_media_type(native_ts) in accept
         self.audit_read(request, studies, Event.INSTANCES_ACCESSED, frames=numbers, sop_instance_uid=sop_uid)
-        path = str(storage.path_for(instance.storage_key))
         boundary = new_boundary()
 
         def parts():
             for n in numbers:
                 if native_ok:
-                    data, ts = render.read_frame_bytes(path, n, pixel_data_offset=instance.pixel_data_offset)
+                    data, ts = render.read_frame_bytes(path, n, pixel_data_offset=pixel_data_offset)
                     media = render.frame_media_type(ts) if compressed else "application/octet-stream"
                     yield f"{media}; transfer-syntax={ts}", [data]
                 else:
@@ -340,9 +420,14 @@ class RenderedView(DicomwebView):
         number = int(frame) if frame else 1
         if number < 1 or number > instance.number_of_frames:
             return error(404, f"frame number must be between 1 and {instance.number_of_frames}")
+        try:  # a federated instance is fetched into the retrieve cache first (fetch-then-serve)
+            path = proxy.instance_path(instance)
+        except ConnectorError as exc:
+            self.audit_source_failure(request, studies, Event.INSTANCES_ACCESSED, exc)
+            return source_error(exc)
         self.audit_read(request, studies, Event.INSTANCES_ACCESSED, rendered=True, frame=number, sop_instance_uid=sop_uid)
         try:
-            data = render.render(str(storage.path_for(instance.storage_key)), number, window=window,
+            data = render.render(path, number, window=window,
                                  viewport=viewport, media_type=media, quality=quality)
         except render.RenderError as exc:
             return error(422, f"cannot render this instance: {exc}")

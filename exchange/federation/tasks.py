@@ -67,3 +67,28 @@ def sync_live_endpoints_task() -> dict:
         sync_endpoint_task.delay(endpoint_id)
         queued += 1
     return {"queued": queued}
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5)
+def prefetch_priors_task(self, patient_id: int, modalities: list | None = None, date_from: str | None = None,
+                         date_to: str | None = None, limit: int | None = None, requested_by: int | None = None,
+                         reason: str = "") -> dict:
+    """Warm the retrieve cache with a patient's earlier remote studies (exchange/federation/prefetch.py).
+    Idempotent: cached instances are skipped, so a retry or a second order fetches only what is
+    missing. Transient archive errors retry with backoff like sync_endpoint_task. Dates: YYYYMMDD."""
+    from django.contrib.auth import get_user_model
+
+    from exchange.federation.prefetch import prefetch_priors
+
+    actor = get_user_model().objects.filter(pk=requested_by).first() if requested_by else None
+    try:
+        result = prefetch_priors(patient_id=patient_id, modalities=modalities or (),
+                                 date_from=parse_da(date_from) if date_from else None,
+                                 date_to=parse_da(date_to) if date_to else None, limit=limit, actor=actor, reason=reason)
+    except ConnectorError as exc:
+        if self.request.retries < self.max_retries and not self.request.is_eager:
+            countdown = _backoff(self.request.retries)
+            log.warning("prefetch of priors failed (%s); retry in %ss", exc.code, countdown)
+            raise self.retry(countdown=countdown)
+        return {"status": "failed", "code": exc.code}
+    return {"status": "done", **result.as_dict()}

@@ -122,6 +122,7 @@ class IngestSource(models.TextChoices):
     STOW = "stow", "STOW-RS"
     IMPORT = "import", "Import (folder, ZIP, DICOMDIR)"
     UPLOAD = "upload", "Web upload"
+    DIMSE = "dimse", "DIMSE C-STORE"
 
 
 class BatchStatus(models.TextChoices):

@@ -136,8 +136,10 @@ class IngestSession:
     """
 
     def __init__(self, *, hospital, actor, source: str, batch: IngestBatch | None = None,
-                 expected_study_uid: str | None = None, chunk_size: int = 50):
+                 expected_study_uid: str | None = None, chunk_size: int = 50, audit_details: dict | None = None):
         self.hospital, self.actor, self.source, self.batch = hospital, actor, source, batch
+        # Added to each INSTANCES_STORED event (e.g. the calling AE title of a C-STORE); never patient data.
+        self.audit_details = audit_details or {}
         self.expected_study_uid = expected_study_uid
         self.chunk_size = chunk_size
         self.results: list[IngestResult | None] = []
@@ -273,17 +275,18 @@ class IngestSession:
                 updated_at=timezone.now())
             if acc["n"]:
                 record(Event.INSTANCES_STORED, self.actor, Outcome.SUCCESS, study=study,
-                       details={"source": self.source, "batch": self.batch.pk if self.batch else None,
+                       details={**self.audit_details, "source": self.source, "batch": self.batch.pk if self.batch else None,
                                 "instances": acc["n"], "sop_instance_uids": acc["uids"]})
         return outcomes
 
 
 def ingest_spool(
-    spool: storage.Spool, *, hospital, actor, source: str, batch: IngestBatch | None = None, expected_study_uid: str | None = None
+    spool: storage.Spool, *, hospital, actor, source: str, batch: IngestBatch | None = None, expected_study_uid: str | None = None,
+    audit_details: dict | None = None,
 ) -> IngestResult:
     """Validate, store and index one spooled file. Never raises for bad input: the result says
     why it was refused. The spool is consumed (moved into storage or deleted)."""
     session = IngestSession(hospital=hospital, actor=actor, source=source, batch=batch,
-                            expected_study_uid=expected_study_uid, chunk_size=1)
+                            expected_study_uid=expected_study_uid, chunk_size=1, audit_details=audit_details)
     session.add(spool)
     return session.finish()[0]

@@ -2,6 +2,7 @@
 
 Every page that shows patient data reads through consent.policy and writes its audit event."""
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db import transaction
@@ -15,6 +16,9 @@ from audit.models import Event, Outcome
 from consent import policy
 from consent.views import denied_page
 from exchange.dicomweb import query
+from exchange.federation.search import PatientNotVisible, federated_search, surviving
+from exchange.mpi.models import Patient, PatientIdentifier
+from exchange.mpi.selectors import patient_may_see
 from exchange.studies.models import IngestBatch, Instance, Series, Study
 from exchange.studies.tasks import import_upload_task, upload_save
 from hospitals.models import Hospital, Role
@@ -58,7 +62,7 @@ def search(request):
         fields["PatientName"] += "*"  # people type the beginning of a name
     searched = any(fields.values()) or _role(request.user) == Role.PATIENT
     error = ""
-    page = None
+    page = target = federated = None
     if searched:
         try:
             cond = query.study_filter({k: v for k, v in fields.items() if v})
@@ -67,12 +71,41 @@ def search(request):
         else:
             qs = (policy.visible_studies(request.user).filter(cond).distinct()
                   .select_related("hospital").order_by("-study_date", "-id"))
+            target = _one_patient(request.user, qs, fields["PatientID"])
+            if target is not None and request.GET.get("refresh") == "1":
+                # Refresh from the patient's hospitals' live archives first (issue #6): the page
+                # below then shows what they hold now, through the same policy.
+                try:
+                    federated = federated_search(request.user, target, refresh=True, channel="page")
+                except PatientNotVisible:  # access ended since the search found them (audited)
+                    target = None
             page = Paginator(qs, 25).get_page(request.GET.get("page"))
+            if federated is not None:
+                for study in page.object_list:
+                    study.freshness = federated.freshness_of(study)
             with transaction.atomic():
                 record(Event.QUERY, request.user, purpose=policy.purpose_for(request.user),
                        details={"page": "search", "query": {k: v for k, v in fields.items() if v},
                                 "results": page.paginator.count})
-    return render(request, "viewer/search.html", {"page": page, "error": error, "form": request.GET, "searched": searched})
+    return render(request, "viewer/search.html", {"page": page, "error": error, "form": request.GET, "searched": searched,
+                                                  "target": target, "federated": federated,
+                                                  "refresh_timeout": f"{settings.EXCHANGE_FEDERATED_SEARCH_TIMEOUT:g}"})
+
+
+def _one_patient(user, visible, patient_id: str):
+    """The one patient a search targets, or None: all the studies it finds (those the user may
+    see) are one patient's; or, when it finds none, its exact Patient ID is one patient's local id
+    whose index entry the user may see (e.g. registered here, studies not indexed yet)."""
+    found = list(visible.order_by().values_list("patient_id", flat=True).distinct()[:2])
+    if len(found) == 1:
+        return surviving(Patient.objects.get(pk=found[0]))
+    if found or not patient_id or "*" in patient_id or "?" in patient_id:
+        return None
+    owners = list(PatientIdentifier.objects.filter(local_id=patient_id).values_list("patient_id", flat=True).distinct()[:2])
+    if len(owners) != 1:
+        return None
+    patient = surviving(Patient.objects.get(pk=owners[0]))
+    return patient if patient_may_see(user, patient) else None
 
 
 def _study_for(request, pk: int) -> Study:

@@ -14,6 +14,7 @@ For streamed WADO-RS answers the event is checked before the first byte of the s
 """
 
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 
@@ -24,7 +25,10 @@ from django.test import Client
 from django.urls import URLResolver, get_resolver
 
 from audit.models import AuditEvent, Event, Outcome
-from exchange.studies.models import Series, Study
+from consent import services as consent_services
+from consent.models import Scope
+from exchange.mpi.models import ReviewItem
+from exchange.studies.models import Instance, Series, Study
 from tests.conftest import PASSWORD, api, make_patient_user
 from tests.dicom import ct_dataset, multipart, to_bytes
 
@@ -213,6 +217,18 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
     # --- API documentation ---
     "api-schema": NoPatientData("the OpenAPI schema describes the API, it holds no data", check="schema_has_no_data"),
     "api-docs": NoPatientData("the ReDoc page that renders the schema", check="schema_has_no_data"),
+    # --- federated search (exchange/federation/api, issue #6) ---
+    "federation-search": (
+        Call("GET", "/api/federation/search?patient={enterprise_id}", "clinician_a", (Writes(Event.QUERY, study="patient"),),
+             api=True, shows=PATIENT_ID, other_hospital=None,
+             why="another hospital's clinician gets 404 + ACCESS_DENIED naming the patient (tests/federation/test_search.py)"),
+    ),
+    # Prefetch of priors (retrieve proxy, issue #6): the ordering hospital's gateway names its patient; the
+    # request is audited (the fetched instances are audited per study by the task, with {"prefetch": true}).
+    "federation-prefetch": (
+        Call("POST", "/api/federation/prefetch", "ingest_a", (Writes(Event.INSTANCES_TRANSFERRED, study="patient"),),
+             status=202, api=True, body="prefetch_order", other_hospital="forbidden"),
+    ),
     # --- Django admin ---
     ADMIN: NoPatientData("Django admin, staff only (no platform role is staff); its Patient/Study pages are not "
                          "audited, so staff accounts must stay limited to operators", check="admin_refuses_non_staff"),
@@ -233,8 +249,12 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
              why="clinicians are refused by role (403, not audited); admins see their hospital's items (tests/mpi)"),
     ),
     "mpi-review-detail": (
-        Call("GET", "/mpi/review/{review_pk}/", "admin_a", (Writes(Event.PATIENT_RECORD),), other_hospital=None,
-             why="see mpi-review", pending="needs a seeded review item (a possible match between two hospitals)"),
+        # A possible match between hospital B's record and hospital A's new one (seeded): both sides are shown.
+        Call("GET", "/mpi/review/{review_pk}/", "admin_a", (Writes(Event.PATIENT_RECORD),), shows="C1-5",
+             other_hospital=None, why="see mpi-review; another hospital's admin gets 404 (tests/mpi/test_review.py)"),
+        # The decision (here: two different people) is a patient record change (ATNA Patient Record).
+        Call("POST", "/mpi/review/{review_pk}/", "admin_a", (Writes(Event.PATIENT_RECORD),), status=302,
+             body="review_reject", other_hospital=None, why="see mpi-review"),
     ),
     "mpi-pix": (
         Call("GET", f"/api/mpi/pix?identifier=PPH-MRN|{PATIENT_ID}", "clinician_a", (Writes(Event.QUERY, study="patient"),),
@@ -246,20 +266,27 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
              why="PDQ answers only patients the caller may see (tests/mpi/test_api.py)"),
     ),
     "mpi-fhir-match": (
+        # FHIR R4 Patient $match: only patients the caller may see are scored, so B finds nothing of A's.
         Call("POST", "/api/mpi/fhir/Patient/$match", "clinician_a", (Writes(Event.QUERY),), api=True,
-             other_hospital=None, why="unclear (issue #3)", pending="a FHIR Parameters body"),
+             body="fhir_match", shows="{enterprise_id}", other_hospital="empty"),
     ),
     "mpi-fhir-patient": (
-        Call("POST", "/api/mpi/fhir/Patient", "ingest_a", (Writes(Event.PATIENT_RECORD),), api=True,
-             other_hospital=None, why="identity feed of the caller's own hospital", pending="a FHIR Patient body"),
+        # A new local id of hospital A (201 Created), then the seeded patient's own local id again (200).
+        Call("POST", "/api/mpi/fhir/Patient", "ingest_a", (Writes(Event.PATIENT_RECORD),), api=True, status=201,
+             body="fhir_patient_new", other_hospital=None,
+             why="identity feed of the caller's own hospital (other hospitals: tests/mpi/test_api.py)"),
+        Call("POST", "/api/mpi/fhir/Patient", "ingest_a", (Writes(Event.PATIENT_RECORD, study="patient"),), api=True,
+             body="fhir_patient_seeded", other_hospital=None, why="identity feed of the caller's own hospital"),
     ),
     "mpi-fhir-patient-update": (
-        Call("PUT", "/api/mpi/fhir/Patient/PPH/PPH0001", "ingest_a", (Writes(Event.PATIENT_RECORD),), api=True,
-             other_hospital=None, why="identity feed of the caller's own hospital", pending="a FHIR Patient body"),
+        Call("PUT", "/api/mpi/fhir/Patient/PPH/PPH0001", "ingest_a", (Writes(Event.PATIENT_RECORD, study="patient"),),
+             api=True, body="fhir_patient_seeded", other_hospital=None,
+             why="identity feed of the caller's own hospital; other hospitals' accounts get 403 (tests/mpi)"),
     ),
     "mpi-hl7v2": (
-        Call("POST", "/api/mpi/hl7v2", "ingest_a", (Writes(Event.PATIENT_RECORD),), api=True, other_hospital=None,
-             why="identity feed of the caller's own hospital", pending="an HL7 v2 ADT message"),
+        # ADT^A04 (register) for the seeded patient's local id: the ACK is AA and the event names the patient.
+        Call("POST", "/api/mpi/hl7v2", "ingest_a", (Writes(Event.PATIENT_RECORD, study="patient"),), api=True,
+             body="adt_a04", shows="MSA|AA", other_hospital=None, why="identity feed of the caller's own hospital"),
     ),
     # --- hospital admin pages (hospitals/urls.py): archive endpoints of the admin's own hospital ---
     "hospitals:profile": NoPatientData("the hospital's own profile and archive list"),
@@ -283,13 +310,14 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
              why="a patient sees only their own record"),
     ),
     "portal-consent-revoke": (
-        Call("POST", "/me/consents/{consent_pk}/revoke/", "patient_a", (Writes(Event.PATIENT_RECORD),), status=302,
-             other_hospital=None, why="the patient's own consent", pending="needs a seeded consent; the event type "
-             "is the consent service's (consent change)"),
+        Call("POST", "/me/consents/{consent_pk}/revoke/", "patient_a", (Writes(Event.CONSENT_CHANGE, study="patient"),),
+             status=302, other_hospital=None,
+             why="the patient's own consent; another patient's is 404 (tests/consent/test_portal.py)"),
     ),
     "portal-request-decide": (
-        Call("POST", "/me/requests/{request_pk}/", "patient_a", (Writes(Event.PATIENT_RECORD),), status=302,
-             other_hospital=None, why="the patient's own request", pending="needs a seeded access request"),
+        # Hospital B's clinician asked (seeded); the patient refuses, so B still sees nothing.
+        Call("POST", "/me/requests/{request_pk}/", "patient_a", (Writes(Event.CONSENT_CHANGE, study="patient"),),
+             status=302, body="deny_request", other_hospital=None, why="the patient's own request"),
     ),
     "portal-history": (
         Call("GET", "/me/history/", "patient_a", (Writes(Event.QUERY, study="patient"),), other_hospital=None,
@@ -298,25 +326,33 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
     "portal-share-create": (
         Call("GET", "/me/studies/{study_pk}/share/", "patient_a", (Writes(Event.QUERY, study="seeded"),),
              other_hospital=None, why="the patient's own study"),
+        Call("POST", "/me/studies/{study_pk}/share/", "patient_a", (Writes(Event.CONSENT_CHANGE, study="seeded"),),
+             status=302, body="share_form", other_hospital=None, why="a link to the patient's own study"),
     ),
-    # MISSING EVENT (reported): a share link's page (study, uses) is shown without an audit event.
     "portal-share": (
-        Call("GET", "/me/share/{share_pk}/", "patient_a", (Writes(Event.QUERY, study="seeded"),), other_hospital=None,
-             why="the patient's own link", pending="needs a seeded share link; writes no event today (reported)"),
+        Call("GET", "/me/share/{share_pk}/", "patient_a", (Writes(Event.QUERY, study="seeded"),), shows="<svg",
+             other_hospital=None, why="the patient's own link"),
     ),
     "portal-share-revoke": (
-        Call("POST", "/me/share/{share_pk}/revoke/", "patient_a", (Writes(Event.PATIENT_RECORD),), status=302,
-             other_hospital=None, why="the patient's own link", pending="needs a seeded share link"),
+        Call("POST", "/me/share/{share_pk}/revoke/", "patient_a", (Writes(Event.CONSENT_CHANGE, study="seeded"),),
+             status=302, other_hospital=None, why="the patient's own link"),
     ),
     "share": (
-        Call("GET", "/s/{share_token}/", None, (Writes(Event.INSTANCES_ACCESSED, study="seeded", by_caller=False),),
-             logged_in=False, other_hospital=None, why="a bearer link: refusals are audited as ACCESS_DENIED",
-             pending="needs a seeded share link (share_link_use_record writes the event)"),
+        # Share-link use is its own event (issue #4 vocabulary): no account, the link in details.
+        Call("GET", "/s/{share_token}/", None, (Writes(Event.SHARE_LINK_USE, study="seeded", by_caller=False),),
+             logged_in=False, shows="/s/{share_token}/img/{instance_pk}/", other_hospital=None,
+             why="a bearer link: unknown links are audited as ACCESS_DENIED, refused ones as failed uses"),
+        # A PIN-protected link: the right PIN is a use, a wrong one a failed use (counted, then locked).
+        Call("POST", "/s/{pin_share_token}/", None, (Writes(Event.SHARE_LINK_USE, study="seeded", by_caller=False),),
+             status=302, logged_in=False, body="right_pin", other_hospital=None, why="a bearer link"),
+        Call("POST", "/s/{pin_share_token}/", None,
+             (Writes(Event.SHARE_LINK_USE, study="seeded", outcome=Outcome.MINOR_FAILURE, by_caller=False),),
+             logged_in=False, body="wrong_pin", shows="Wrong PIN", other_hospital=None, why="a bearer link"),
     ),
     "share-image": (
         Call("GET", "/s/{share_token}/img/{instance_pk}/", None,
-             (Writes(Event.INSTANCES_ACCESSED, study="seeded", by_caller=False),), logged_in=False, other_hospital=None,
-             why="a bearer link", pending="needs a seeded share link"),
+             (Writes(Event.SHARE_LINK_USE, study="seeded", by_caller=False),), logged_in=False, shows="JFIF",
+             other_hospital=None, why="a bearer link"),
     ),
     "consent-request": NoPatientData("the access request form; sending it is audited by access_request_create"),
     "consent-requests": (
@@ -324,15 +360,20 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
              why="the clinician's own requests"),
     ),
     "consent-break-glass": (
+        # Hospital B's clinician opens emergency access to A's study: BREAK_GLASS naming it, flagged for review.
         Call("POST", "/consent/break-glass/?study={study_pk}", "clinician_b",
-             (Writes(Event.ACCESS_DENIED),), status=302, other_hospital=None,
-             why="break-glass is the audited emergency path itself",
-             pending="form fields and the break-glass event vocabulary to be confirmed with the consent issue"),
+             (Writes(Event.BREAK_GLASS, study="seeded"),), status=302, body="break_glass", other_hospital=None,
+             why="break-glass is the audited emergency path itself (other roles: 403, tests/consent)"),
     ),
     "api-consent-search": (
-        Call("GET", f"/api/consent/Consent?patient.identifier=PPH-MRN|{PATIENT_ID}", "clinician_a",
-             (Writes(Event.PATIENT_RECORD, study="patient"),), api=True, other_hospital=None,
-             why="refusals write ACCESS_DENIED (consent/api/views.py)", pending="FHIR search parameters to be confirmed"),
+        # FHIR R4 Consent search by the patient's enterprise id: for the patient and regulators only;
+        # clinicians (of any hospital) get 403 + ACCESS_DENIED.
+        Call("GET", "/api/consent/Consent?patient={enterprise_id}", "patient_a",
+             (Writes(Event.PATIENT_RECORD, study="patient"),), api=True, shows="Consent/{consent_pk}",
+             other_hospital="forbidden"),
+        Call("GET", "/api/consent/Consent?patient={enterprise_id}", "regulator",
+             (Writes(Event.PATIENT_RECORD, study="patient"),), api=True, shows="Consent/{consent_pk}",
+             other_hospital=None, why="oversight; see the patient's call"),
     ),
 }
 
@@ -340,15 +381,34 @@ EXPECTATIONS: dict[str, tuple[Call, ...] | NoPatientData] = {
 # --- seeded data, request bodies, no-patient-data checks ---------------------------------------
 
 
+def _stow(user, *datasets) -> None:
+    body, ctype = multipart([to_bytes(d) for d in datasets])
+    assert api(user).generic("POST", "/dicomweb/studies", body, content_type=ctype).status_code == 200
+
+
 @pytest.fixture
-def seeded(ingest_a, clinician_a, clinician_b, admin_a, regulator):
-    """One study at hospital A (two CT instances in one series), stowed through STOW-RS."""
+def seeded(ingest_a, ingest_b, clinician_a, clinician_b, admin_a, regulator):
+    """One study at hospital A (two CT instances in one series), stowed through STOW-RS, and what
+    the patient index and consent URLs act on, made through the real endpoints and services:
+    a review item (hospital B's record and a near-identical new one at A), the patient's account
+    with a consent (for A's own clinician, so B stays refused), a pending access request from B's
+    clinician, and two share links to the study (one with a PIN)."""
     first = ct_dataset(patient_id=PATIENT_ID, instance_number=1)
     second = ct_dataset(patient_id=PATIENT_ID, instance_number=2, study_uid=first.StudyInstanceUID,
                         series_uid=first.SeriesInstanceUID)
-    body, ctype = multipart([to_bytes(first), to_bytes(second)])
-    assert api(ingest_a).generic("POST", "/dicomweb/studies", body, content_type=ctype).status_code == 200
+    _stow(ingest_a, first, second)
     study = Study.objects.get(study_instance_uid=first.StudyInstanceUID)
+    # A possible match for the review queue: B knew Liu Xiaoming; A registers "Liu Xiaomin" (a typo).
+    _stow(ingest_b, ct_dataset(patient_id="C1-5", name="Liu^Xiaoming=刘^晓明", birth_date="19750505", accession="B5"))
+    _stow(ingest_a, ct_dataset(patient_id="PPH-5", name="Liu^Xiaomin", birth_date="19750505", accession="A5"))
+    review = ReviewItem.objects.get()
+    patient_user = make_patient_user(study.patient, username="patient_a")
+    consent = consent_services.consent_grant(actor=patient_user, patient=study.patient, scope=Scope.CLINICIAN,
+                                             clinician=clinician_a)
+    access_request = consent_services.access_request_create(
+        actor=clinician_b, patient=study.patient, study=study, reason="Follow-up at First City: the prior CT")
+    share, share_token = consent_services.share_link_create(actor=patient_user, study=study)
+    _, pin_share_token = consent_services.share_link_create(actor=patient_user, study=study, pin=SHARE_PIN)
     return {
         "study": study,
         "study_uid": first.StudyInstanceUID,
@@ -357,6 +417,14 @@ def seeded(ingest_a, clinician_a, clinician_b, admin_a, regulator):
         "study_pk": study.pk,
         "series_pk": Series.objects.get(study=study).pk,
         "enterprise_id": study.patient.enterprise_id,
+        "instance_pk": Instance.objects.get(sop_instance_uid=first.SOPInstanceUID).pk,
+        "review_pk": review.pk,
+        "patient_user": patient_user,
+        "consent_pk": consent.pk,
+        "request_pk": access_request.pk,
+        "share_pk": share.pk,
+        "share_token": share_token,
+        "pin_share_token": pin_share_token,
     }
 
 
@@ -372,6 +440,27 @@ def _zip_of(ds) -> bytes:
     return buf.getvalue()
 
 
+SHARE_PIN = "2468"
+FHIR = "application/fhir+json"
+
+
+def _fhir_body(resource: dict) -> dict:
+    return {"data": json.dumps(resource), "content_type": FHIR}
+
+
+def _fhir_patient(local_id: str, hanzi: str, family: str, given: str, birth: str, gender: str) -> dict:
+    """A FHIR R4 Patient of hospital A's identity feed: hanzi and pinyin as two HumanNames."""
+    return {"resourceType": "Patient", "identifier": [{"system": "PPH-MRN", "value": local_id}],
+            "name": [{"use": "official", "family": hanzi[:1], "given": [hanzi[1:]]},
+                     {"use": "usual", "family": family, "given": [given]}],
+            "gender": gender, "birthDate": birth}
+
+
+# HL7 v2.5 ADT^A04 (register a patient) for the seeded patient's local id, ER7 with CR separators.
+ADT_A04 = ("MSH|^~\\&|HIS|PPH|EXCHANGE|PROVINCE|20260101120000||ADT^A04|MSG1|P|2.5\r"
+           "EVN|A04|20260101120000\r"
+           f"PID|1||{PATIENT_ID}^^^PPH-MRN||王^小东~Wang^XiaoDong||19900307|M\r")
+
 BODIES = {
     "good_login": lambda s: {"data": {"username": "dr_a", "password": PASSWORD}},
     "bad_login": lambda s: {"data": {"username": "dr_a", "password": "not-the-password"}},
@@ -380,6 +469,22 @@ BODIES = {
         patient_id=PATIENT_ID, study_uid=s["study_uid"], series_uid=s["series_uid"], instance_number=3)]),
     "zip_upload": lambda s: {"data": {"archive": SimpleUploadedFile(
         "cd.zip", _zip_of(ct_dataset(patient_id="PPH0010", name="Sun^Li", accession="ACC10")), "application/zip")}},
+    "prefetch_order": lambda s: {"data": json.dumps({"patient": {"identifier": PATIENT_ID, "hospital": "PPH"},
+                                                     "reason": "order"}).encode(), "content_type": "application/json"},
+    "fhir_match": lambda s: _fhir_body({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {
+        "resourceType": "Patient", "name": [{"family": "Wang", "given": ["XiaoDong"]}], "birthDate": "1990-03-07",
+        "gender": "male"}}]}),
+    "fhir_patient_new": lambda s: _fhir_body(_fhir_patient("PPH0002", "李娜", "Li", "Na", "1985-01-01", "female")),
+    "fhir_patient_seeded": lambda s: _fhir_body(_fhir_patient(PATIENT_ID, "王小东", "Wang", "XiaoDong", "1990-03-07",
+                                                              "male")),
+    "adt_a04": lambda s: {"data": ADT_A04.encode(), "content_type": "text/plain"},
+    "deny_request": lambda s: {"data": {"decision": "deny"}},
+    "review_reject": lambda s: {"data": {"action": "reject", "comment": "different people"}},
+    "break_glass": lambda s: {"data": {"reason": "unconscious",
+                                       "reason_text": "Unconscious after a road accident, prior CT needed now"}},
+    "share_form": lambda s: {"data": {"hours": 24, "pin": ""}},
+    "right_pin": lambda s: {"data": {"pin": SHARE_PIN}},
+    "wrong_pin": lambda s: {"data": {"pin": "0000"}},
 }
 
 
@@ -468,8 +573,8 @@ def send(call: Call, seeded: dict, user):
     path = fill(call.path, seeded)
     if call.method == "GET":
         return client.get(path, **kwargs)
-    if "content_type" in kwargs:  # a raw body (STOW-RS multipart/related)
-        return client.generic("POST", path, kwargs.pop("data"), content_type=kwargs.pop("content_type"), **kwargs)
+    if "content_type" in kwargs:  # a raw body (STOW-RS multipart/related, FHIR JSON, HL7 v2 ER7)
+        return client.generic(call.method, path, kwargs.pop("data"), content_type=kwargs.pop("content_type"), **kwargs)
     return client.post(path, **kwargs)
 
 
@@ -518,7 +623,7 @@ def test_every_url_declares_its_audit_behaviour():
 @pytest.fixture
 def users(seeded, request):
     people = {name: request.getfixturevalue(name) for name in ("clinician_a", "clinician_b", "admin_a", "ingest_a", "regulator")}
-    people["patient_a"] = make_patient_user(seeded["study"].patient, username="patient_a")
+    people["patient_a"] = seeded["patient_user"]
     return people
 
 

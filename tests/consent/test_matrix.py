@@ -119,6 +119,9 @@ TABLE = {
     # --- API description: no patient data ---
     "api/schema/": row(url="/api/schema/", ok=ACTORS),
     "api/docs/": row(url="/api/docs/", ok=ACTORS),
+    # --- federated search (issue #6): a patient the caller may not see is answered like an unknown one ---
+    "api/federation/search": row(url=lambda c: f"/api/federation/search?patient={c.enterprise_id}", found=SEES,
+                                 gone=NOT_SEES, unauth=ANON),
 }
 
 # Pages of other apps, gated by role in their own tests (docs/decisions/0011-consent.md): the
@@ -130,6 +133,8 @@ for route in [
     "mpi/review/", "mpi/review/<int:pk>/",
     "api/mpi/fhir/Patient", "api/mpi/fhir/Patient/$match", "api/mpi/fhir/Patient/<str:hospital_code>/<str:local_id>",
     "api/mpi/pix", "api/mpi/pdq", "api/mpi/hl7v2",
+    # Prefetch of priors (POST, role-gated; tests/federation/test_proxy.py): shows no data to anyone.
+    "api/federation/prefetch",
 ]:
     TABLE[route] = {"method": "GET", "url": None, "expect": {a: "refused" for a in ANON}, "note": ROLE_GATED}
 

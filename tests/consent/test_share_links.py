@@ -103,3 +103,15 @@ def test_a_share_link_opens_no_dicomweb_or_viewer_page(world):
     holder.get(f"/s/{token}/")
     assert holder.get(f"/studies/{world.study.pk}/").status_code == 302
     assert holder.get(f"/dicomweb/studies/{world.study.study_instance_uid}/metadata").status_code == 401
+
+
+def test_the_patients_link_page_is_audited_naming_the_study(world):
+    """The link's page shows the study and who used the link: a read of the patient's record,
+    audited like the other portal pages with the study it concerns (PS3.15 A.5.3 Query)."""
+    link, _ = services.share_link_create(actor=world.actors["patient"], study=world.study)
+    assert login(world.actors["patient"]).get(f"/me/share/{link.pk}/").status_code == 200
+    event = AuditEvent.objects.filter(event=Event.QUERY, details__page="portal_share").last()
+    assert event is not None, "the link's page wrote no audit event"
+    assert event.actor_id == world.actors["patient"].pk
+    assert event.study_id == world.study.pk and event.patient_id == world.study.patient_id
+    assert event.details["share_link"] == link.pk

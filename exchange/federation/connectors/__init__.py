@@ -6,6 +6,7 @@ gets a message they can act on, and a task knows whether retrying can help)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 
@@ -26,6 +27,7 @@ class ErrorCode(models.TextChoices):
     HTTP_ERROR = "http_error", "HTTP error"
     PROTOCOL = "protocol", "Protocol error"
     CONFIG = "config", "Endpoint not configured"
+    NOT_FOUND = "not_found", "Not held by the archive"
 
 
 # Failures that may pass by themselves: a task retries these with backoff.
@@ -71,6 +73,12 @@ class Connector:
     def find_instances(self, study_uid: str, series_uid: str) -> list[Dataset]:
         raise NotImplementedError  # pragma: no cover
 
+    def find_patient_studies(self, patient_id: str, issuer: str | None = None, *, limit: int | None = None) -> list[Dataset]:
+        """One patient's studies at this archive: Study Root, STUDY level, single value matching on
+        PatientID (and IssuerOfPatientID when given), PS3.4 C.6.2.1 / C.2.2.2.1 (the federated
+        search). With ``limit``: about that many at most (C-FIND may return one more)."""
+        raise NotImplementedError  # pragma: no cover
+
     def patient_details(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Dataset | None:
         """Patient module of one instance when the study-level answer lacks it (IssuerOfPatientID,
         OtherPatientIDsSequence); None if the protocol has no cheap way to get it."""
@@ -78,6 +86,15 @@ class Connector:
 
     # Paging: can this connector page with limit/offset (QIDO-RS), or does it return all (C-FIND)?
     pages = False
+
+    def retrieve_instance(self, study_uid: str, series_uid: str, sop_instance_uid: str, *, sop_class_uid: str = "",
+                          chunk_size: int = 256 * 1024) -> Iterator[bytes]:
+        """One instance's DICOM Part 10 file in the archive's own transfer syntax, as an iterator of
+        chunks (the retrieve proxy, exchange/federation/proxy.py). Connection, authentication and
+        "not held" failures raise ConnectorError from this call, before any byte; a failure later
+        (the archive drops mid-transfer) raises ConnectorError from the iterator. Closing the
+        iterator early releases the connection."""
+        raise NotImplementedError  # pragma: no cover
 
 
 def da_range(date_from: date, date_to: date) -> str:

@@ -14,6 +14,7 @@ import requests
 from pydicom.dataset import Dataset
 
 from exchange.federation.connectors import Connector, ConnectorError, ErrorCode, TestResult, da_range
+from exchange.federation.connectors.retrieve import multipart_instance_chunks
 
 STUDY_FIELDS = ["00080061", "00081030", "00100021", "00201206", "00201208", "00080090"]
 SERIES_FIELDS = ["0008103E", "00180015", "00201209"]
@@ -122,6 +123,15 @@ class DicomwebConnector(Connector):
             params["offset"] = str(offset)
         return self._datasets(self._get_json(f"{self.qido}/studies", params))
 
+    def find_patient_studies(self, patient_id: str, issuer: str | None = None, *, limit: int | None = None) -> list[Dataset]:
+        # QIDO-RS SearchForStudies with PatientID= (PS3.18 §10.6.1.2, §8.3.4).
+        params = {"PatientID": patient_id, "includefield": ",".join(STUDY_FIELDS)}
+        if issuer:
+            params["IssuerOfPatientID"] = issuer
+        if limit is not None:
+            params["limit"] = str(limit)
+        return self._datasets(self._get_json(f"{self.qido}/studies", params))
+
     def find_series(self, study_uid: str) -> list[Dataset]:
         return self._datasets(self._get_json(f"{self.qido}/studies/{study_uid}/series", {"includefield": ",".join(SERIES_FIELDS)}))
 
@@ -144,3 +154,26 @@ class DicomwebConnector(Connector):
             return Dataset.from_json(items[0], bulk_data_uri_handler=lambda *a: b"")
         except Exception:
             return None
+
+    def retrieve_instance(self, study_uid: str, series_uid: str, sop_instance_uid: str, *, sop_class_uid: str = "",
+                          chunk_size: int = 256 * 1024):
+        """WADO-RS retrieve of one instance (PS3.18 §10.4.1.1.1), asking for the archive's own
+        transfer syntax (transfer-syntax=*, §8.7.3.5.2) so the bytes are the archive's file. The
+        multipart/related answer is read as it arrives (requests stream=True)."""
+        url = f"{self.wado}/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}"
+        if not url.startswith(("http://", "https://")):
+            raise ConnectorError(ErrorCode.CONFIG, "The WADO-RS URL must start with http:// or https://.")
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        try:
+            r = self.session.get(url, headers={"Accept": accept}, stream=True, timeout=self.timeout, verify=self.verify)
+        except requests.RequestException as exc:
+            raise classify(exc, url, self.timeout) from None
+        if r.status_code >= 400:
+            r.close()
+            if r.status_code in (401, 403):
+                raise ConnectorError(ErrorCode.AUTH, f"Authentication failed (HTTP {r.status_code}): check the user name "
+                                     "and password or token, and that this account may retrieve from the archive.")
+            if r.status_code == 404:
+                raise ConnectorError(ErrorCode.NOT_FOUND, "The archive no longer holds this instance (HTTP 404).")
+            raise ConnectorError(ErrorCode.HTTP_ERROR, f"The archive answered the retrieve with HTTP {r.status_code}.")
+        return multipart_instance_chunks(r, chunk_size=chunk_size, timeout=self.timeout)

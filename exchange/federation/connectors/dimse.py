@@ -86,16 +86,16 @@ class DimseConnector(Connector):
         except OSError as exc:
             raise ConnectorError(ErrorCode.REFUSED, f"Cannot connect to {self.host}:{self.port} ({exc.strerror or type(exc).__name__}).") from None
 
-    def _associate(self, retry_abort: bool = True):
+    def _associate(self, retry_abort: bool = True, ae: AE | None = None, **kwargs):
         self._reach()
         started = time.monotonic()
-        assoc = self._ae().associate(self.host, self.port, ae_title=self.called)
+        assoc = (ae or self._ae()).associate(self.host, self.port, ae_title=self.called, **kwargs)
         if assoc.is_established:
             return assoc
         if assoc.is_aborted and retry_abort and time.monotonic() - started < self.timeout * 0.5:
             # A peer that rejects and closes at once can lose the race with its own A-ASSOCIATE-RJ
             # (seen with Orthanc under load): the rejection then looks like an abort. Ask once more.
-            return self._associate(retry_abort=False)
+            return self._associate(retry_abort=False, ae=ae, **kwargs)
         if assoc.is_rejected:
             rj = assoc.acceptor.primitive
             source, reason = getattr(rj, "result_source", None), getattr(rj, "diagnostic", None)
@@ -160,8 +160,23 @@ class DimseConnector(Connector):
         found = self._find("STUDY", STUDY_KEYS, {"StudyDate": da_range(date_from, date_to)}, limit)
         return found[offset:]
 
+    def find_patient_studies(self, patient_id: str, issuer: str | None = None, *, limit: int | None = None) -> list[Dataset]:
+        # C-FIND, Study Root, STUDY level, PatientID single value matching (PS3.4 C.6.2.1, C.2.2.2.1).
+        match = {"PatientID": patient_id}
+        if issuer:
+            match["IssuerOfPatientID"] = issuer
+        return self._find("STUDY", STUDY_KEYS, match, limit)
+
     def find_series(self, study_uid: str) -> list[Dataset]:
         return self._find("SERIES", SERIES_KEYS, {"StudyInstanceUID": study_uid})
 
     def find_instances(self, study_uid: str, series_uid: str) -> list[Dataset]:
         return self._find("IMAGE", INSTANCE_KEYS, {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid})
+
+    def retrieve_instance(self, study_uid: str, series_uid: str, sop_instance_uid: str, *, sop_class_uid: str = "",
+                          chunk_size: int = 256 * 1024):
+        """C-GET of one instance (PS3.4 C.4.3): see exchange/federation/connectors/retrieve.py."""
+        from exchange.federation.connectors.retrieve import c_get_instance
+
+        return c_get_instance(self, study_uid, series_uid, sop_instance_uid, sop_class_uid=sop_class_uid,
+                              chunk_size=chunk_size)

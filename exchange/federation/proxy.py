@@ -1,0 +1,263 @@
+"""Retrieve proxy: the instances of a federated study (Study.availability = remote) are fetched
+from the study's source archive on demand — WADO-RS (PS3.18 §10.4.1.1.1) or C-GET (PS3.4
+C.4.3) — streamed on to the client while they fill the on-disk cache (exchange/federation/
+cache.py), and served from that cache afterwards.
+
+A fill is written to a temporary file and renamed into place only when the whole instance
+arrived and parses as DICOM Part 10 with the SOP Instance UID that was asked for (header only,
+exchange/studies/dicomfile.parse). A transfer cut short — the archive drops, the client goes
+away, the file is not what was asked — leaves no cache entry.
+
+This module decides nothing about who may see what: callers (exchange/dicomweb/views.py, the
+prefetch task) have asked consent.policy and written their audit events.
+
+Public functions (also for bench/federation.py):
+    is_remote(instance)         held by an archive, not stored by the platform
+    open_instance(instance)     -> Fetch (transfer_syntax_uid, chunks(), close()); from the cache,
+                                   else from the source while filling the cache
+    instance_path(instance)     -> str; a file to read (storage, or the cache after a fetch)
+    ensure_cached(instance)     -> (fetched: bool, size: int); prefetch
+    is_cached(instance)         -> bool
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.db import transaction
+
+from exchange.federation import cache
+from exchange.federation.connectors import ConnectorError, ErrorCode, connector_for
+from exchange.studies import storage
+from exchange.studies.dicomfile import Rejected, parse
+from exchange.studies.models import Availability, Instance
+
+CHUNK = 256 * 1024
+# File Meta Information is a few hundred bytes; a "Part 10 file" whose meta is longer is not one.
+MAX_META_BYTES = 64 * 1024
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def is_remote(instance) -> bool:
+    return not instance.storage_key and instance.series.study.availability == Availability.REMOTE
+
+
+def _endpoint(instance):
+    endpoint = instance.series.study.source_endpoint
+    if endpoint is None:
+        raise ConnectorError(ErrorCode.CONFIG, "The archive that holds this study is no longer configured on the platform.")
+    return endpoint
+
+
+def is_cached(instance) -> bool:
+    endpoint_id = instance.series.study.source_endpoint_id
+    return endpoint_id is not None and cache.contains(endpoint_id, instance.sop_instance_uid)
+
+
+def transfer_syntax_of(head: bytes) -> str | None:
+    """TransferSyntaxUID (0002,0010) from the first bytes of a Part 10 file (PS3.10 §7.1: 128-byte
+    preamble, "DICM", group 0002 in Explicit VR Little Endian); None while more bytes are needed.
+    Raises ValueError for what is not a Part 10 file."""
+    if len(head) < 132:
+        return None
+    if head[128:132] != b"DICM":
+        raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
+    pos = 132
+    while True:
+        if len(head) < pos + 8:
+            return None
+        if int.from_bytes(head[pos:pos + 2], "little") != 0x0002:
+            raise ValueError("the file meta has no TransferSyntaxUID")
+        element, vr = int.from_bytes(head[pos + 2:pos + 4], "little"), head[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            if len(head) < pos + 12:
+                return None
+            length, start = int.from_bytes(head[pos + 8:pos + 12], "little"), pos + 12
+        else:
+            length, start = int.from_bytes(head[pos + 6:pos + 8], "little"), pos + 8
+        if length == 0xFFFFFFFF or start + length > MAX_META_BYTES:
+            raise ValueError("malformed file meta")
+        if element == 0x0010:
+            if len(head) < start + length:
+                return None
+            return head[start:start + length].decode("ascii", "replace").strip("\0 ")
+        pos = start + length
+
+
+class Fetch:
+    """One instance's Part 10 bytes: ``transfer_syntax_uid`` is known (the file meta was read)
+    before ``chunks()`` yields the first byte. ``from_cache`` says where they come from."""
+
+    def __init__(self, transfer_syntax_uid: str, head: list[bytes], rest: Iterator[bytes], *, from_cache: bool, closer):
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.from_cache = from_cache
+        self._head, self._rest, self._closer = head, rest, closer
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            head, self._head = self._head, []
+            yield from head
+            yield from self._rest
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        closer, self._closer = self._closer, None
+        if closer is not None:
+            closer()
+
+
+def _peek(chunks: Iterator[bytes]) -> tuple[str, list[bytes]]:
+    """Read chunks until the file meta's transfer syntax is known."""
+    head: list[bytes] = []
+    data = b""
+    for chunk in chunks:
+        head.append(chunk)
+        data += chunk[:MAX_META_BYTES]
+        try:
+            ts = transfer_syntax_of(data[:MAX_META_BYTES])
+        except ValueError as exc:
+            raise ConnectorError(ErrorCode.PROTOCOL, f"The archive sent something that is not DICOM: {exc}.") from None
+        if ts:
+            return ts, head
+        if len(data) >= MAX_META_BYTES:
+            break
+    raise ConnectorError(ErrorCode.PROTOCOL, "The archive's file ended inside its DICOM file meta.")
+
+
+def _from_cache(instance, chunk_size: int) -> Fetch | None:
+    endpoint_id = instance.series.study.source_endpoint_id
+    if endpoint_id is None:
+        return None
+    fp = cache.open_entry(endpoint_id, instance.sop_instance_uid)
+    if fp is None:
+        return None
+    try:
+        first = fp.read(max(chunk_size, 4096))
+        ts = transfer_syntax_of(first[:MAX_META_BYTES])
+        if not ts:
+            raise ValueError("no transfer syntax")
+    except (OSError, ValueError):
+        fp.close()
+        return None  # cannot happen for a verified entry; fetch again rather than fail
+
+    def rest():
+        while chunk := fp.read(chunk_size):
+            yield chunk
+
+    return Fetch(ts, [first], rest(), from_cache=True, closer=fp.close)
+
+
+def _verify(path, instance):
+    try:
+        parsed = parse(str(path))
+    except Rejected as exc:
+        raise ConnectorError(ErrorCode.PROTOCOL, f"The archive sent a file that is not valid DICOM ({exc.message}); "
+                             "nothing was kept.") from None
+    if parsed.sop_instance_uid != instance.sop_instance_uid:
+        raise ConnectorError(ErrorCode.PROTOCOL, "The archive sent another instance than the one asked for; nothing was kept.")
+    return parsed
+
+
+def note_instance(instance, parsed, size: int) -> None:
+    """Fill in what the index did not know about a remote instance (decisions/0010: transfer
+    syntax, size, Pixel Data position), once: a conditional update, so a second fill changes nothing."""
+    fields = {
+        "transfer_syntax_uid": parsed.transfer_syntax_uid,
+        "size": size,
+        "pixel_data_offset": parsed.instance["pixel_data_offset"],
+        "pixel_data_length": parsed.instance["pixel_data_length"],
+        "number_of_frames": parsed.instance["number_of_frames"] or 1,
+    }
+    for name in ("rows", "columns"):
+        if getattr(instance, name) is None and parsed.instance[name] is not None:
+            fields[name] = parsed.instance[name]
+    with transaction.atomic():
+        Instance.objects.filter(pk=instance.pk, transfer_syntax_uid="").update(**fields)
+    for name, value in fields.items():
+        setattr(instance, name, value)
+
+
+def _filling(body: Iterator[bytes], entry: cache.TempEntry, instance) -> Iterator[bytes]:
+    """Pass the source's chunks on while writing them to the cache's temporary file; commit the
+    entry only after the last chunk arrived and the file verified. Any way out before that
+    (source error, consumer closing the stream, verification failure) removes the file."""
+    try:
+        for chunk in body:
+            try:
+                entry.write(chunk)
+            except cache.TooLarge as exc:
+                raise ConnectorError(ErrorCode.PROTOCOL, f"The archive sent an {exc}; nothing was kept.") from None
+            yield chunk
+        entry.close_file()
+        parsed = _verify(entry.path, instance)
+        entry.commit()
+        note_instance(instance, parsed, entry.size)
+    finally:
+        entry.abort()  # no-op after commit
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
+def _from_source(instance, chunk_size: int) -> Fetch:
+    endpoint = _endpoint(instance)
+    series = instance.series
+    body = connector_for(endpoint).retrieve_instance(
+        series.study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid, chunk_size=chunk_size)
+    try:
+        entry = cache.TempEntry(endpoint.pk, instance.sop_instance_uid)
+    except BaseException:
+        getattr(body, "close", lambda: None)()
+        raise
+    filling = _filling(iter(body), entry, instance)
+    try:
+        ts, head = _peek(filling)
+    except BaseException:
+        filling.close()
+        raise
+    return Fetch(ts, head, filling, from_cache=False, closer=filling.close)
+
+
+def open_instance(instance, *, chunk_size: int = CHUNK) -> Fetch:
+    """A remote instance's bytes: from the cache, else from its source while filling the cache.
+    Raises ConnectorError (nothing sent yet) if the source cannot deliver its first bytes; a
+    failure later raises ConnectorError from ``chunks()``."""
+    fetch = _from_cache(instance, chunk_size)
+    if fetch is not None:
+        return fetch
+    return _from_source(instance, chunk_size)
+
+
+def ensure_cached(instance) -> tuple[bool, int]:
+    """Make sure a remote instance is in the cache. Returns (fetched now, bytes)."""
+    endpoint_id = instance.series.study.source_endpoint_id
+    if endpoint_id is not None:
+        path = cache.lookup(endpoint_id, instance.sop_instance_uid)
+        if path is not None:
+            return False, path.stat().st_size
+    fetch = _from_source(instance, CHUNK)
+    size = 0
+    for chunk in fetch.chunks():
+        size += len(chunk)
+    return True, size
+
+
+def instance_path(instance) -> str:
+    """A file holding the instance, to read frames or headers from (fetch-then-serve for remote
+    instances; the caller should read it soon: a cache entry can be evicted later)."""
+    if not is_remote(instance):
+        return str(storage.path_for(instance.storage_key))
+    endpoint = _endpoint(instance)
+    path = cache.lookup(endpoint.pk, instance.sop_instance_uid)
+    if path is None:
+        ensure_cached(instance)
+        path = cache.lookup(endpoint.pk, instance.sop_instance_uid)
+        if path is None:  # evicted at once: a cache smaller than one instance
+            raise ConnectorError(ErrorCode.CONFIG, "The retrieve cache is too small to hold this instance "
+                                 "(EXCHANGE_PROXY_CACHE_BYTES).")
+    elif not instance.transfer_syntax_uid:
+        # Cached by an earlier fill whose row update this copy of the row does not show.
+        note_instance(instance, _verify(path, instance), path.stat().st_size)
+    return str(path)

@@ -129,7 +129,7 @@ def after_revoke(start: datetime, end: datetime, window: timedelta = AFTER_REVOK
         .filter(event__in=PATIENT_OPEN_EVENTS, outcome=Outcome.SUCCESS, actor__isnull=False, patient__isnull=False)
         .filter(Exists(revoked))
         .select_related("actor_hospital", "patient")
-        .order_by("-seq")
+        .order_by("-id")
     )
     hours = int(window.total_seconds() // 3600)
     return [

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from xml.etree import ElementTree as ET
 
 from django.db import models
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 
 from audit.chain import format_timestamp
 from audit.models import AuditEvent, Event, Outcome
@@ -249,7 +249,7 @@ def fhir_audit_event(event: AuditEvent) -> dict:
         })
     resource = {
         "resourceType": "AuditEvent",
-        "id": f"audit-{event.seq}",
+        "id": f"audit-{event.seq}" if event.seq is not None else f"audit-unsealed-{event.pk}",
         "type": code.fhir(),
         "action": action,
         "recorded": format_timestamp(event.timestamp),
@@ -290,12 +290,17 @@ def fhir_audit_event(event: AuditEvent) -> dict:
     return resource
 
 
+def _entry_uuid(event: AuditEvent) -> uuid.UUID:
+    """Stable per event: from its chain hash once sealed, from its id before (sequencer mode)."""
+    return uuid.UUID(event.hash[:32]) if event.hash else uuid.uuid5(uuid.NAMESPACE_URL, f"urn:exchange:audit:{event.pk}")
+
+
 def fhir_stream(events: Iterable[AuditEvent]) -> Iterator[str]:
     now = format_timestamp(datetime.now(UTC))
     yield f'{{"resourceType":"Bundle","type":"collection","timestamp":"{now}","entry":['
     separator = "\n"
     for event in events:
-        entry = {"fullUrl": f"urn:uuid:{uuid.UUID(event.hash[:32])}", "resource": fhir_audit_event(event)}
+        entry = {"fullUrl": f"urn:uuid:{_entry_uuid(event)}", "resource": fhir_audit_event(event)}
         yield separator + json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
         separator = ",\n"
     yield "\n]}\n"
@@ -350,6 +355,8 @@ STREAMS = {ExportFormat.DICOM: dicom_stream, ExportFormat.FHIR: fhir_stream, Exp
 
 
 def export_stream(events: QuerySet[AuditEvent], fmt: str) -> Iterator[str]:
-    """The events in seq order, in ``fmt``, read from the database in chunks."""
-    rows = events.select_related("actor_hospital", "patient", "study", "study__hospital").order_by("seq")
+    """The events in chain (seq) order, in ``fmt``, read from the database in chunks; events not
+    sealed yet (sequencer mode, seconds old) come last, with an empty seq and hashes."""
+    rows = (events.select_related("actor_hospital", "patient", "study", "study__hospital")
+            .order_by(F("seq").asc(nulls_last=True), "id"))
     return STREAMS[fmt](rows.iterator(chunk_size=CHUNK_SIZE))

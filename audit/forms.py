@@ -112,7 +112,8 @@ def break_glass_review_create(*, event_id: int, status: str, comment: str, revie
                 review = BreakGlassReview.objects.create(event=event, status=status, comment=comment,
                                                          reviewer=reviewer, reviewed_at=timezone.now())
         except IntegrityError:
-            raise ValidationError(f"Event #{event.seq} has already been reviewed.") from None
+            raise ValidationError(f"Event #{event.seq or event.pk} has already been reviewed.") from None
         record(Event.ADMIN_CHANGE, reviewer, patient=event.patient, study=event.study, purpose=Purpose.OVERSIGHT,
-               details={"action": "break_glass_review", "event_seq": event.seq, "status": status, "comment": comment})
+               details={"action": "break_glass_review", "event_seq": event.seq, "event_id": event.pk, "status": status,
+                        "comment": comment})
     return review

@@ -56,9 +56,12 @@ class AuditEvent(models.Model):
     PostgreSQL, DELETE) with triggers (migration 0005); the ORM refuses them here.
     """
 
-    # Gap-free position in the chain (ids can skip after rollbacks), assigned under the head lock.
-    seq = models.BigIntegerField(unique=True)
-    # Set by record() under the head lock, so timestamps follow seq order on one clock.
+    # Gap-free position in the chain (ids can skip after rollbacks), assigned under the head lock:
+    # by record() itself (AUDIT_CHAIN_MODE=inline) or by the sealer shortly after the action
+    # committed (AUDIT_CHAIN_MODE=sequencer; null until then). docs/decisions/0012-audit-sequencer.md
+    seq = models.BigIntegerField(unique=True, null=True, blank=True)
+    # When the action happened (record() time). In sequencer mode the chain follows commit order,
+    # so two close events may be chained in the other order than their timestamps.
     timestamp = models.DateTimeField(default=timezone.now, db_index=True)
     event = models.CharField(max_length=32, choices=Event.choices)
     outcome = models.CharField(max_length=2, choices=Outcome.choices)
@@ -74,22 +77,31 @@ class AuditEvent(models.Model):
     purpose = models.CharField(max_length=32, blank=True)
     basis = models.CharField(max_length=64, blank=True)
     details = models.JSONField(default=dict, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64)
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64, blank=True)
 
     objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
-        ordering = ["seq"]
-        indexes = [models.Index(fields=["patient", "timestamp"]), models.Index(fields=["event", "timestamp"])]
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["patient", "timestamp"]),
+            models.Index(fields=["event", "timestamp"]),
+            # The sealer's work queue: events not chained yet (a handful at any time).
+            models.Index(fields=["id"], condition=models.Q(seq__isnull=True), name="audit_event_unsealed"),
+        ]
 
     def __str__(self) -> str:
-        return f"#{self.seq} {self.event} {self.outcome}"
+        return f"#{self.seq if self.seq is not None else '(unsealed)'} {self.event} {self.outcome}"
+
+    @property
+    def sealed(self) -> bool:
+        return self.seq is not None
 
     def save(self, *args, **kwargs):
         if self.pk is not None:
             raise PermissionError("audit events are append-only")
-        if self.seq is None or not self.hash:
+        if not getattr(self, "_from_record", False):
             raise PermissionError("audit events are written only through audit.record()")
         super().save(*args, **kwargs)
 
@@ -100,9 +112,10 @@ class AuditEvent(models.Model):
 class AuditHead(models.Model):
     """The tip of the chain: a single row (id=1) holding the last seq and hash.
 
-    record() claims the next seq with one UPDATE of this row: the row lock (PostgreSQL) or the
-    database write lock (SQLite) serialises writers until their transaction ends, so two writers
-    can never link to the same predecessor. It is a cache of the last event: verify_audit checks it.
+    Whoever chains events holds this row's lock while doing it: record() in inline mode (one
+    UPDATE, held until the action's transaction ends), or the sealer in sequencer mode (SELECT ...
+    FOR UPDATE, held for one batch). So two events can never link to the same predecessor. It is a
+    cache of the last sealed event: verify_audit checks it.
     """
 
     ROW_ID = 1

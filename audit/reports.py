@@ -143,11 +143,11 @@ def dashboard(date_from: date, date_to: date) -> Dashboard:
         pairs[(r["actor_hospital__code"], r["study__hospital__code"])][_month_key(r["month"])] = r["n"]
 
     # First cross-hospital view of a study by a clinician of a given hospital, over all time:
-    # an earlier view (lower seq) of the same study by the same hospital means it was already reused.
+    # an earlier view (lower id) of the same study by the same hospital means it was already reused.
     clinician_views = AuditEvent.objects.filter(event__in=ACCESS_EVENTS, outcome=Outcome.SUCCESS,
                                                 actor_role=Role.CLINICIAN)
     earlier = clinician_views.filter(study=OuterRef("study"), actor_hospital=OuterRef("actor_hospital"),
-                                     seq__lt=OuterRef("seq"))
+                                     id__lt=OuterRef("id"))
     first_reuses = cross.filter(actor_role=Role.CLINICIAN).filter(~Exists(earlier))
 
     return Dashboard(

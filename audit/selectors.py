@@ -74,7 +74,7 @@ def events_search(filters: EventFilters) -> QuerySet[AuditEvent]:
         qs = qs.filter(event=filters.event)
     if filters.outcome:
         qs = qs.filter(outcome=filters.outcome)
-    return qs.select_related(*EVENT_RELATED).order_by("-seq")
+    return qs.select_related(*EVENT_RELATED).order_by("-id")
 
 
 def patient_history(patient) -> QuerySet[AuditEvent]:
@@ -85,7 +85,7 @@ def patient_history(patient) -> QuerySet[AuditEvent]:
 def break_glass_pending() -> QuerySet[AuditEvent]:
     """Break-glass events no regulator has reviewed yet, oldest first (a queue)."""
     return (AuditEvent.objects.filter(event=Event.BREAK_GLASS, review__isnull=True)
-            .select_related(*EVENT_RELATED).order_by("seq"))
+            .select_related(*EVENT_RELATED).order_by("id"))
 
 
 def break_glass_reviewed() -> QuerySet[BreakGlassReview]:

@@ -9,10 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.utils import timezone
 
 from audit import signing
 from audit.chain import CHAIN_FIELDS, GENESIS_HASH, event_hash
 from audit.models import AuditCheckpoint, AuditEvent, AuditHead
+from audit.services import unsealed_summary
 
 CHUNK_SIZE = 2000
 
@@ -25,11 +27,24 @@ class VerifyResult:
     checkpoints: int
     broken_seq: int | None = None
     problem: str = ""
+    # Sequencer mode: events committed but not chained yet, and the age (s) of the oldest.
+    unsealed: int = 0
+    oldest_unsealed_age: float | None = None
 
     def __str__(self) -> str:
         if self.ok:
-            return f"OK: {self.events} events, last seq {self.last_seq}, {self.checkpoints} checkpoints verified"
+            text = f"OK: {self.events} events, last seq {self.last_seq}, {self.checkpoints} checkpoints verified"
+            if self.unsealed:
+                text += f"; {self.unsealed} newer events not sealed yet (oldest {self.oldest_unsealed_age:.0f} s)"
+            return text
         return f"BROKEN at seq {self.broken_seq}: {self.problem}"
+
+    @property
+    def sealer_late(self) -> bool:
+        """Events waited longer than AUDIT_SEAL_MAX_LAG: no sealer is running (not tampering)."""
+        from django.conf import settings
+
+        return self.oldest_unsealed_age is not None and self.oldest_unsealed_age > settings.AUDIT_SEAL_MAX_LAG
 
 
 def verify_chain(public_keys: Iterable[Ed25519PublicKey] | None = None) -> VerifyResult:
@@ -55,7 +70,9 @@ def verify_chain(public_keys: Iterable[Ed25519PublicKey] | None = None) -> Verif
     def broken(at: int, problem: str) -> VerifyResult:
         return VerifyResult(False, count, seq, verified, at, problem)
 
-    rows = AuditEvent.objects.order_by("seq").values(*CHAIN_FIELDS, "hash").iterator(chunk_size=CHUNK_SIZE)
+    # Unsealed events (sequencer mode) are not in the chain yet; counted, then reported.
+    unsealed, oldest = unsealed_summary()
+    rows = AuditEvent.objects.filter(seq__isnull=False).order_by("seq").values(*CHAIN_FIELDS, "hash").iterator(chunk_size=CHUNK_SIZE)
     for row in rows:
         expected = seq + 1
         if row["seq"] != expected:
@@ -78,7 +95,8 @@ def verify_chain(public_keys: Iterable[Ed25519PublicKey] | None = None) -> Verif
         return broken(at, f"a checkpoint signed seq {at} but the trail ends at seq {seq} (events removed)")
     if head is not None and head[0] > seq:
         return broken(seq + 1, f"event missing (the chain head records seq {head[0]}; events removed)")
-    return VerifyResult(True, count, seq, verified)
+    age = (timezone.now() - oldest).total_seconds() if oldest else None
+    return VerifyResult(True, count, seq, verified, unsealed=unsealed, oldest_unsealed_age=age)
 
 
 def _checkpoint_problem(checkpoint: AuditCheckpoint, chain_hash: str, keys: dict) -> str:

@@ -193,7 +193,9 @@ class BreakGlass(models.Model):
     reason_text = models.TextField()
     opened_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
-    audit_seq = models.BigIntegerField(null=True, blank=True)
+    # The flagged BREAK_GLASS event in the audit trail (its seq comes when it is sealed).
+    audit_event = models.ForeignKey("audit.AuditEvent", null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+")
 
     class Meta:
         ordering = ["-opened_at"]

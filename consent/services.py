@@ -178,8 +178,8 @@ def break_glass_open(*, actor, patient, reason: str, reason_text: str, study=Non
                      purpose=policy.Purpose.TREATMENT, basis=policy.Basis.BREAK_GLASS,
                      details={"flagged": True, "break_glass": glass.pk, "reason": reason,
                               "reason_text": glass.reason_text, "expires_at": _iso(glass.expires_at)})
-        glass.audit_seq = row.seq
-        glass.save(update_fields=["audit_seq"])
+        glass.audit_event = row
+        glass.save(update_fields=["audit_event"])
     return glass
 
 

@@ -274,6 +274,28 @@ CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
     "schedule": float(AUDIT_CHECKPOINT_INTERVAL),
 }
 
+# --- Audit trail: who chains events (issue #4, docs/decisions/0012-audit-sequencer.md) ---------
+# "inline": record() chains the event itself, holding the chain head's lock until the action's
+# transaction ends (simple; writers queue behind each other). "sequencer": record() only inserts
+# the event in the action's transaction and a sealer chains committed events in batches (many
+# concurrent writers). Default: sequencer on PostgreSQL, inline on SQLite (one writer anyway).
+AUDIT_CHAIN_MODE = (env_str("AUDIT_CHAIN_MODE")
+                    or ("inline" if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else "sequencer"))
+if AUDIT_CHAIN_MODE not in ("inline", "sequencer"):
+    raise ConfigurationError("AUDIT_CHAIN_MODE must be inline or sequencer")
+# Sequencer mode: also seal right after each commit that wrote events, unless another process is
+# sealing. Off by default: it costs the request that wins a second commit (one more fsync), while
+# the beat task or `manage.py audit_sealer` seal within a few seconds anyway.
+AUDIT_SEAL_ON_COMMIT = env_bool("AUDIT_SEAL_ON_COMMIT", False)
+# Sequencer mode: how often (seconds) the beat task seals what has been committed since.
+AUDIT_SEAL_INTERVAL = env_int("AUDIT_SEAL_INTERVAL", 5)
+# verify_audit reports events left unsealed for longer than this (seconds): the sealer is not running.
+AUDIT_SEAL_MAX_LAG = env_int("AUDIT_SEAL_MAX_LAG", 300)
+if AUDIT_SEAL_INTERVAL <= 0 or AUDIT_SEAL_MAX_LAG <= 0:
+    raise ConfigurationError("AUDIT_SEAL_INTERVAL and AUDIT_SEAL_MAX_LAG must be positive numbers of seconds")
+if AUDIT_CHAIN_MODE == "sequencer":
+    CELERY_BEAT_SCHEDULE["audit-seal"] = {"task": "audit.tasks.seal_task", "schedule": float(AUDIT_SEAL_INTERVAL)}
+
 # --- Federated search (issue #6, exchange/federation/search.py) ---------------------------------
 # Most seconds a refresh waits for one archive (each archive's own timeout is capped by this);
 # an archive that has not answered by then is reported as "did not answer".

@@ -8,3 +8,6 @@ os.environ.setdefault("EXCHANGE_IDENTITY_HMAC_KEY", "test-only-identity-key")
 os.environ.setdefault("SECURE_COOKIES", "0")
 # A Fernet key made for tests only: encrypts synthetic identity numbers in test databases.
 os.environ.setdefault("EXCHANGE_ENCRYPTION_KEYS", "q5wfE9Q4G-a8KuB3l2V97rh4yheC9lnOimVoPMdAe6s=")
+# The suite chains audit events inline, so a test can read an event's seq and hash right after
+# record(); the sequencer mode (PostgreSQL's default) has its own tests in tests/audit/test_sequencer.py.
+os.environ.setdefault("AUDIT_CHAIN_MODE", "inline")

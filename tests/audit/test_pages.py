@@ -251,7 +251,7 @@ def test_break_glass_event_is_acknowledged_and_the_review_audited(emergency, reg
     assert (review.status, review.comment, review.reviewer) == (ReviewStatus.ACKNOWLEDGED, "ED admission confirmed",
                                                                regulator)
     audited = AuditEvent.objects.filter(event=Event.ADMIN_CHANGE, actor=regulator).get()
-    assert audited.details == {"action": "break_glass_review", "event_seq": emergency.seq,
+    assert audited.details == {"action": "break_glass_review", "event_seq": emergency.seq, "event_id": emergency.pk,
                                "status": "acknowledged", "comment": "ED admission confirmed"}
     assert audited.patient_id == emergency.patient_id and audited.study_id == emergency.study_id
     page = client.get(response["Location"]).content.decode()

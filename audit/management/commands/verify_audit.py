@@ -36,3 +36,6 @@ class Command(BaseCommand):
         if not result.ok:
             raise CommandError(str(result))
         self.stdout.write(str(result))
+        if result.sealer_late:
+            raise CommandError(f"{result.unsealed} events have waited {result.oldest_unsealed_age:.0f} s to be sealed "
+                               "into the chain (more than AUDIT_SEAL_MAX_LAG): is the audit sealer running?")

@@ -25,7 +25,8 @@ from audit.models import Event, Outcome
 from consent import forms, policy, selectors, services
 from consent.models import AccessRequest, Consent, RequestStatus, ShareLink
 from exchange.dicomweb import render as dicom_render
-from exchange.studies import storage
+from exchange.federation import proxy
+from exchange.federation.connectors import ConnectorError, ErrorCode
 from exchange.studies.models import Instance, Study
 from hospitals.models import Role
 
@@ -282,8 +283,14 @@ def share_image(request, token: str, instance_pk: int):
         raise Http404("no such image in this study")
     services.share_link_use_record(link, action="image", instance=instance.pk)
     try:
-        data = dicom_render.render(str(storage.path_for(instance.storage_key)), 1, viewport=(1024, 1024),
-                                   media_type="image/jpeg", quality=90)
+        # A federated study's image is fetched from its hospital's archive into the retrieve cache.
+        path = proxy.instance_path(instance)
+    except ConnectorError as exc:
+        status = 504 if exc.code == ErrorCode.TIMEOUT else 502
+        return HttpResponse(f"the hospital's archive did not deliver this image: {exc.message}", status=status,
+                            content_type="text/plain")
+    try:
+        data = dicom_render.render(path, 1, viewport=(1024, 1024), media_type="image/jpeg", quality=90)
     except dicom_render.RenderError:
         return HttpResponse("cannot render this image", status=422, content_type="text/plain")
     response = HttpResponse(data, content_type="image/jpeg")

@@ -234,7 +234,21 @@ class IngestSession:
             found = existing.get(p.sop_instance_uid)
             if found is not None:
                 same_place = found.series.series_instance_uid == p.series_instance_uid and found.series.study_id == study.pk
-                if same_place and found.storage_key == spool.key:
+                if same_place and not found.storage_key:
+                    # Indexed from the hospital's archive by sync, its pixels now pushed (C-STORE,
+                    # a C-MOVE to the platform, STOW): the row gets its file and is served locally.
+                    Instance.objects.filter(pk=found.pk, storage_key="").update(
+                        storage_key=spool.key, size=spool.size, transfer_syntax_uid=p.transfer_syntax_uid,
+                        sop_class_uid=p.sop_class_uid, **p.instance)
+                    found.storage_key = spool.key
+                    acc = _tally(per_study, study)
+                    acc["bytes"] += spool.size
+                    acc["uids"].append(p.sop_instance_uid)
+                    acc["adopted"] = acc.get("adopted", 0) + 1
+                    counts = per_series.setdefault(found.series_id, [0, 0])
+                    counts[1] += spool.size
+                    outcomes[n] = IngestResult(Status.STORED, instance=found, **_ids(p))
+                elif same_place and found.storage_key == spool.key:
                     outcomes[n] = IngestResult(Status.DUPLICATE, instance=found, **_ids(p))
                 else:
                     outcomes[n] = _rejected(Rejected(
@@ -273,10 +287,10 @@ class IngestSession:
                 num_instances=F("num_instances") + acc["n"], num_series=F("num_series") + acc["series"],
                 total_bytes=F("total_bytes") + acc["bytes"], modalities="\\".join(sorted(modalities))[:100],
                 updated_at=timezone.now())
-            if acc["n"]:
+            if acc["n"] or acc.get("adopted"):
                 record(Event.INSTANCES_STORED, self.actor, Outcome.SUCCESS, study=study,
                        details={**self.audit_details, "source": self.source, "batch": self.batch.pk if self.batch else None,
-                                "instances": acc["n"], "sop_instance_uids": acc["uids"]})
+                                "instances": acc["n"] + acc.get("adopted", 0), "sop_instance_uids": acc["uids"]})
         return outcomes
 
 

@@ -483,3 +483,64 @@ def test_prefetch_priors_command(archives, hospitals, cache_dir, django_capture_
         call_command("prefetch_priors", "CITY1", "no-such-id")
     with pytest.raises(CommandError):
         call_command("prefetch_priors", "CITY1", ident.local_id, "--since", "yesterday")
+
+
+def test_a_share_link_to_a_remote_study_shows_its_images(archives, hospitals, cache_dir, settings,
+                                                         django_capture_on_commit_callbacks):
+    """A patient shares a study that lives in a hospital's archive: the image comes through the proxy."""
+    from django.test import Client
+
+    from consent import services
+    from tests.conftest import make_patient_user
+
+    endpoint = onboard(hospitals["CITY1"], archives["CITY1"], django_capture_on_commit_callbacks)
+    instance = next(i for i in remote_instances(hospitals["CITY1"]) if i.series.modality == "CT")
+    study = instance.series.study
+    owner = make_patient_user(study.patient, username="share_owner")
+    _, token = services.share_link_create(actor=owner, study=study)
+
+    image = Client().get(f"/s/{token}/img/{instance.pk}/")
+    assert image.status_code == 200 and image.content.startswith(b"\xff\xd8")  # a JPEG
+    assert proxy.is_cached(instance)
+
+    # Not cached and the archive gone: a clear 502, not an error page.
+    cache.clear()
+    endpoint.qido_url = endpoint.wado_url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    endpoint.save()
+    failed = Client().get(f"/s/{token}/img/{instance.pk}/")
+    assert failed.status_code == 502 and b"did not deliver" in failed.content
+
+
+def test_an_indexed_remote_instance_pushed_later_is_stored_and_served_locally(archives, hospitals, cache_dir,
+                                                                              django_capture_on_commit_callbacks):
+    """Sync indexed it (no file); then the hospital pushes it (STOW here; C-STORE takes the same path):
+    the row gets its file instead of a 'different content' refusal, and no archive is needed to view it."""
+    from tests.dicom import multipart
+
+    endpoint = onboard(hospitals["CITY1"], archives["CITY1"], django_capture_on_commit_callbacks)
+    instance = next(i for i in remote_instances(hospitals["CITY1"]) if i.series.modality == "CT")
+    study = instance.series.study
+    counts = (study.num_series, study.num_instances)
+    data = source_file(archives["CITY1"], instance.sop_instance_uid)
+    gateway = account_create(username="gw_city1", role="ingest", password=PASSWORD, hospital=hospitals["CITY1"])
+    body, ctype = multipart([data])
+    stored = api(gateway).generic("POST", "/dicomweb/studies", body, content_type=ctype)
+    assert stored.status_code == 200, stored.content
+    assert "FailedSOPSequence" not in stored.json()
+
+    instance.refresh_from_db()
+    study.refresh_from_db()
+    assert instance.storage_key and instance.size == len(data)
+    assert (study.num_series, study.num_instances) == counts  # the same instance, not a second one
+    assert AuditEvent.objects.filter(event=Event.INSTANCES_STORED, study=study).exists()
+    # Served from the platform's own store: the archive is not asked.
+    endpoint.qido_url = endpoint.wado_url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    endpoint.save()
+    client = api(clinician(hospitals["CITY1"]))
+    retrieved = client.get(url_of(instance), HTTP_ACCEPT=MULTIPART_DICOM)
+    assert retrieved.status_code == 200
+    assert dataset_bytes(parts_of(retrieved)[0]) == dataset_bytes(data)
+    assert not proxy.is_cached(instance)
+    # Pushing it again is an idempotent duplicate.
+    again = api(gateway).generic("POST", "/dicomweb/studies", body, content_type=ctype)
+    assert again.status_code == 200 and "FailedSOPSequence" not in again.json()

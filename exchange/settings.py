@@ -319,3 +319,10 @@ EXCHANGE_SCP_MAX_ASSOCIATIONS = env_int("EXCHANGE_SCP_MAX_ASSOCIATIONS", 10)
 EXCHANGE_SCP_TIMEOUT = env_int("EXCHANGE_SCP_TIMEOUT", 60)
 if not 0 <= EXCHANGE_SCP_PORT < 65536 or EXCHANGE_SCP_MAX_ASSOCIATIONS < 1 or EXCHANGE_SCP_TIMEOUT < 1:
     raise ConfigurationError("EXCHANGE_SCP_PORT must be 0-65535, EXCHANGE_SCP_MAX_ASSOCIATIONS and EXCHANGE_SCP_TIMEOUT positive")
+
+# --- C-MOVE retrieve (issue #6, exchange/federation/connectors/move.py) ------------------------
+# The host name or address hospitals' archives reach dicom_scp at, shown to their admins as the
+# C-MOVE destination (with EXCHANGE_SCP_AE_TITLE and EXCHANGE_SCP_PORT). Empty: EXCHANGE_SCP_HOST,
+# unless that is a wildcard such as 0.0.0.0.
+EXCHANGE_SCP_PUBLIC_HOST = (env_str("EXCHANGE_SCP_PUBLIC_HOST") or "").strip()
+# --- end C-MOVE retrieve --------------------------------------------------------------------------

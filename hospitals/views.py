@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
+from exchange.federation.connectors.move import move_destination
 from exchange.federation.models import SyncJob
 from hospitals import services
 from hospitals.forms import EndpointForm
@@ -81,7 +82,9 @@ def endpoint_detail(request, pk):
         not endpoint.queryable or any(j.status == "done" for j in jobs))
     return render(request, "hospitals/endpoint_detail.html", {
         "endpoint": endpoint, "jobs": jobs, "latest": latest, "can_go_live": can_go_live,
-        "notice": request.GET.get("notice", "")[:200]})
+        "notice": request.GET.get("notice", "")[:200],
+        # What the hospital's PACS must send to: the C-MOVE destination, or the push target.
+        "platform_scp": move_destination()})
 
 
 @login_required

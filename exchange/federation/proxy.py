@@ -3,6 +3,11 @@ from the study's source archive on demand — WADO-RS (PS3.18 §10.4.1.1.1) or C
 C.4.3) — streamed on to the client while they fill the on-disk cache (exchange/federation/
 cache.py), and served from that cache afterwards.
 
+A DIMSE endpoint whose retrieve method is C-MOVE (PS3.4 C.4.2) is asked to send the instance to
+the platform's own SCP (``dicom_scp``); the ingest adopts it into its index row (storage_key
+filled), and it is served from the platform's storage from then on — it is no longer remote, and
+not in the bounded cache.
+
 A fill is written to a temporary file and renamed into place only when the whole instance
 arrived and parses as DICOM Part 10 with the SOP Instance UID that was asked for (header only,
 exchange/studies/dicomfile.parse). A transfer cut short — the archive drops, the client goes
@@ -17,11 +22,13 @@ Public functions (also for bench/federation.py):
                                    else from the source while filling the cache
     instance_path(instance)     -> str; a file to read (storage, or the cache after a fetch)
     ensure_cached(instance)     -> (fetched: bool, size: int); prefetch
+    move_to_platform(instance)  -> bool; C-MOVE to the platform's SCP, wait for the ingest
     is_cached(instance)         -> bool
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from django.db import transaction
@@ -47,6 +54,74 @@ def _endpoint(instance):
     if endpoint is None:
         raise ConnectorError(ErrorCode.CONFIG, "The archive that holds this study is no longer configured on the platform.")
     return endpoint
+
+
+def moves_to_platform(instance) -> bool:
+    """Whether the instance's archive is retrieved from by C-MOVE to the platform's SCP."""
+    from hospitals.models import EndpointKind, RetrieveMethod
+
+    endpoint = instance.series.study.source_endpoint
+    return (endpoint is not None and endpoint.kind == EndpointKind.DIMSE
+            and endpoint.retrieve_method == RetrieveMethod.C_MOVE)
+
+
+# The row's fields the ingest fills when it adopts a moved instance.
+_STORED_FIELDS = ("storage_key", "size", "transfer_syntax_uid", "sop_class_uid", "pixel_data_offset",
+                  "pixel_data_length", "number_of_frames", "rows", "columns")
+POLL_SECONDS = 0.1
+
+
+def _stored_now(instance) -> bool:
+    """Re-read the row: if the ingest has stored the instance meanwhile, take its fields."""
+    row = Instance.objects.filter(pk=instance.pk).values(*_STORED_FIELDS).first()
+    if row is None or not row["storage_key"]:
+        return False
+    for name, value in row.items():
+        setattr(instance, name, value)
+    return True
+
+
+def move_to_platform(instance) -> bool:
+    """C-MOVE the instance from its archive to the platform's SCP (PS3.4 C.4.2) and wait until
+    the ingest has stored it (the row has a storage_key). Returns False when it was stored
+    already (nothing asked), True after a move. The SCP commits before it answers the C-STORE,
+    so the row is normally filled when the archive's final response arrives; an archive that
+    reports success without having sent to us is given the endpoint's timeout, then a
+    ConnectorError says what to configure."""
+    if _stored_now(instance):
+        return False
+    endpoint = _endpoint(instance)
+    connector = connector_for(endpoint)
+    series = instance.series
+    connector.move_instance(series.study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid)
+    deadline = time.monotonic() + float(endpoint.timeout or 30)
+    while not _stored_now(instance):
+        if time.monotonic() >= deadline:
+            from exchange.federation.connectors.move import not_delivered
+
+            raise not_delivered(f"The archive reported the C-MOVE as done, but the instance did not arrive at the "
+                                f"platform within {float(endpoint.timeout or 30):g} s.")
+        time.sleep(POLL_SECONDS)
+    return True
+
+
+def _from_storage(instance, chunk_size: int) -> Fetch:
+    """A stored instance's bytes (the file as the ingest stored it: preamble zeroed, its meta)."""
+    fp = None
+    try:
+        fp = storage.open_key(instance.storage_key)
+        first = fp.read(max(chunk_size, 4096))
+        ts = transfer_syntax_of(first[:MAX_META_BYTES]) or instance.transfer_syntax_uid
+    except (OSError, ValueError):
+        if fp is not None:
+            fp.close()
+        raise ConnectorError(ErrorCode.PROTOCOL, "The instance moved to the platform cannot be read from storage.") from None
+
+    def rest():
+        while chunk := fp.read(chunk_size):
+            yield chunk
+
+    return Fetch(ts, [first], rest(), from_cache=False, closer=fp.close)
 
 
 def is_cached(instance) -> bool:
@@ -227,16 +302,24 @@ def open_instance(instance, *, chunk_size: int = CHUNK) -> Fetch:
     fetch = _from_cache(instance, chunk_size)
     if fetch is not None:
         return fetch
+    if moves_to_platform(instance):
+        move_to_platform(instance)
+        return _from_storage(instance, chunk_size)
     return _from_source(instance, chunk_size)
 
 
 def ensure_cached(instance) -> tuple[bool, int]:
-    """Make sure a remote instance is in the cache. Returns (fetched now, bytes)."""
+    """Make sure a remote instance is in the cache (or, for a C-MOVE archive, in the platform's
+    storage). Returns (fetched now, bytes)."""
+    if instance.storage_key:
+        return False, instance.size
     endpoint_id = instance.series.study.source_endpoint_id
     if endpoint_id is not None:
         path = cache.lookup(endpoint_id, instance.sop_instance_uid)
         if path is not None:
             return False, path.stat().st_size
+    if moves_to_platform(instance):
+        return move_to_platform(instance), instance.size
     fetch = _from_source(instance, CHUNK)
     size = 0
     for chunk in fetch.chunks():
@@ -251,6 +334,9 @@ def instance_path(instance) -> str:
         return str(storage.path_for(instance.storage_key))
     endpoint = _endpoint(instance)
     path = cache.lookup(endpoint.pk, instance.sop_instance_uid)
+    if path is None and moves_to_platform(instance):
+        move_to_platform(instance)
+        return str(storage.path_for(instance.storage_key))
     if path is None:
         ensure_cached(instance)
         path = cache.lookup(endpoint.pk, instance.sop_instance_uid)

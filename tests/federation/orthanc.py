@@ -26,7 +26,8 @@ def available() -> tuple[bool, str]:
 
 
 class OrthancServer:
-    def __init__(self, work: Path, *, aet: str, username: str | None = None, password: str | None = None):
+    def __init__(self, work: Path, *, aet: str, username: str | None = None, password: str | None = None,
+                 modalities: dict | None = None):
         self.dir = Path(work)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -60,6 +61,11 @@ class OrthancServer:
             "HttpThreadsCount": 8,
             "DicomScpTimeout": 10,
         }
+        if modalities:
+            # Known DICOM nodes, {name: [AE title, host, port]}: C-MOVE destinations (PS3.4 C.4.2),
+            # which may also C-MOVE from this archive.
+            self.config["DicomModalities"] = {name: {"AET": aet_, "Host": host, "Port": port, "AllowMove": True}
+                                              for name, (aet_, host, port) in modalities.items()}
 
     @property
     def url(self) -> str:

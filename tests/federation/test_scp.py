@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,9 +47,15 @@ SECRET_NAME = "Zhuge^Kongming=诸葛^孔明"
 SECRET_ID = "PID-SECRET-4711"
 
 
+def dcmtk(tool: str) -> str | None:
+    """dcmtk's tool, not pynetdicom's console scripts of the same names in the venv's bin."""
+    venv_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.realpath(p) != venv_bin)
+    return shutil.which(tool, path=path)
+
+
 def need_dcmtk() -> None:
-    require("dcmtk", shutil.which("storescu") is not None and shutil.which("findscu") is not None,
-            "apt-get install dcmtk")
+    require("dcmtk", dcmtk("storescu") is not None and dcmtk("findscu") is not None, "apt-get install dcmtk")
 
 
 @pytest.fixture
@@ -69,8 +76,8 @@ def scp(push_endpoint, hospital_b):
     server.stop(grace=5)
 
 
-def run(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+def run(tool: str, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([dcmtk(tool) or tool, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def echoscu(port: int, calling: str, called: str = SCP_AE) -> subprocess.CompletedProcess:

@@ -28,10 +28,13 @@ class ErrorCode(models.TextChoices):
     PROTOCOL = "protocol", "Protocol error"
     CONFIG = "config", "Endpoint not configured"
     NOT_FOUND = "not_found", "Not held by the archive"
+    # C-MOVE (PS3.4 C.4.2): the archive did not get the instance to the platform's own SCP.
+    NOT_DELIVERED = "not_delivered", "Not delivered to the platform"
 
 
 # Failures that may pass by themselves: a task retries these with backoff.
-TRANSIENT = {ErrorCode.DNS, ErrorCode.REFUSED, ErrorCode.TIMEOUT, ErrorCode.HTTP_ERROR, ErrorCode.PROTOCOL}
+TRANSIENT = {ErrorCode.DNS, ErrorCode.REFUSED, ErrorCode.TIMEOUT, ErrorCode.HTTP_ERROR, ErrorCode.PROTOCOL,
+             ErrorCode.NOT_DELIVERED}  # dicom_scp being restarted, a network hiccup between archive and platform
 
 
 @dataclass(frozen=True)

@@ -180,3 +180,10 @@ class DimseConnector(Connector):
 
         return c_get_instance(self, study_uid, series_uid, sop_instance_uid, sop_class_uid=sop_class_uid,
                               chunk_size=chunk_size)
+
+    def move_instance(self, study_uid: str, series_uid: str, sop_instance_uid: str):
+        """C-MOVE of one instance to the platform's own SCP (PS3.4 C.4.2): see
+        exchange/federation/connectors/move.py. Returns the final response (MoveResult)."""
+        from exchange.federation.connectors.move import c_move_instance
+
+        return c_move_instance(self, study_uid, series_uid, sop_instance_uid)

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db.models import Q
 
 from exchange.mpi.identity import parse_da
+from exchange.studies.models import Series
 from exchange.studies.names import wildcard_regex
 
 
@@ -134,11 +135,12 @@ def study_filter(match: dict[str, str], prefix: str = "") -> Q:
         elif keyword == "StudyInstanceUID":
             cond &= Q(**{f"{p}study_instance_uid__in": _uid_list(value)})
         elif keyword == "ModalitiesInStudy":
-            any_of = Q()
-            for modality in re.split(r"[\\,]", value):
-                if modality.strip():
-                    any_of |= Q(**{f"{p}series__modality": modality.strip().upper()})
-            cond &= any_of
+            # A subquery, not a join on series: a join repeats a study once per matching series,
+            # and the DISTINCT that undoes it makes PostgreSQL sort every match before LIMIT.
+            modalities = [m.strip().upper() for m in re.split(r"[\\,]", value) if m.strip()]
+            if modalities:
+                series = Series.objects.filter(modality__in=modalities).values("study_id")
+                cond &= Q(**{f"{p}pk__in": series})
     return cond
 
 

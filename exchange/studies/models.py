@@ -7,6 +7,7 @@ write into another's study (docs/decisions/0003-study-identity.md).
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Upper
 
 
 class Availability(models.TextChoices):
@@ -60,6 +61,10 @@ class Study(models.Model):
             models.Index(fields=["dicom_patient_id"]),
             models.Index(fields=["study_date"]),
             models.Index(fields=["accession_number"]),
+            # QIDO-RS matches PatientID and AccessionNumber case-insensitively (UPPER(x) = UPPER(v)),
+            # which the plain indexes above cannot serve: without these a search reads every study.
+            models.Index(Upper("dicom_patient_id"), name="study_patient_id_upper_idx"),
+            models.Index(Upper("accession_number"), name="study_accession_upper_idx"),
         ]
 
     def __str__(self) -> str:

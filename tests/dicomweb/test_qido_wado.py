@@ -212,3 +212,22 @@ def test_compressed_instances_render(ingest_a, clinician_a, name):
     frames = api(clinician_a).get(url.replace("/rendered", "/frames/1"), HTTP_ACCEPT="multipart/related; type=application/octet-stream; transfer-syntax=*")
     [(headers, body)] = parts_of(frames)
     assert ds.file_meta.TransferSyntaxUID in headers["content-type"]
+
+
+def test_qido_modalities_in_study_lists_each_study_once(ingest_a, clinician_a):
+    # given: one study with two CT series and an MR series (ModalitiesInStudy is matched on
+    # series without a join, and the study search runs without DISTINCT)
+    first = ct_dataset(patient_id="PPH0003", accession="Acc-Multi")
+    more = [ct_dataset(patient_id="PPH0003", accession="Acc-Multi", study_uid=first.StudyInstanceUID, modality=m)
+            for m in ("CT", "MR")]
+    stow(ingest_a, [first, *more])
+    for params in ({"ModalitiesInStudy": "CT"}, {"ModalitiesInStudy": "CT,MR"}, {"ModalitiesInStudy": "ct\\mr"}):
+        # when
+        results = qido(clinician_a, **params)
+        # then: once, with all its modalities
+        assert [r["0020000D"]["Value"][0] for r in results] == [first.StudyInstanceUID], params
+        assert sorted(results[0]["00080061"]["Value"]) == ["CT", "MR"]
+    # PatientID and AccessionNumber match case-insensitively (served by the UPPER() indexes)
+    assert uids(qido(clinician_a, PatientID="pph0003")) == {first.StudyInstanceUID}
+    assert uids(qido(clinician_a, AccessionNumber="ACC-MULTI")) == {first.StudyInstanceUID}
+    assert qido(clinician_a, ModalitiesInStudy="US") == []

@@ -47,17 +47,16 @@ def record(
         raise ValueError(f"unknown audit outcome {outcome!r}")
     user = actor if getattr(actor, "is_authenticated", False) else None
     profile = getattr(user, "profile", None) if user is not None else None
-    if patient is None and study is not None:
-        patient = study.patient
+    # Foreign keys by id: no lazy load of the study's patient or the profile's hospital per event.
     row = AuditEvent(
         event=event,
         outcome=outcome,
         actor=user,
         actor_name=user.get_username() if user else "",
         actor_role=profile.role if profile else "",
-        actor_hospital=profile.hospital if profile else None,
-        patient=patient,
-        study=study,
+        actor_hospital_id=profile.hospital_id if profile else None,
+        patient_id=patient.pk if patient is not None else (study.patient_id if study is not None else None),
+        study_id=study.pk if study is not None else None,
         purpose=purpose or "",
         basis=basis or "",
         details=normalize_details(details),

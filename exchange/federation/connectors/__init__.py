@@ -100,6 +100,16 @@ class Connector:
         raise NotImplementedError  # pragma: no cover
 
 
+def image_identifier(study_uid: str, series_uid: str, sop_instance_uid: str) -> Dataset:
+    """The identifier of a C-GET/C-MOVE for one instance (Study Root, IMAGE level; PS3.4 C.4.2.1.4)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = series_uid
+    query.SOPInstanceUID = sop_instance_uid
+    return query
+
+
 def da_range(date_from: date, date_to: date) -> str:
     """A DICOM date range matching value (PS3.4 C.2.2.2.5.1)."""
     return f"{date_from:%Y%m%d}-{date_to:%Y%m%d}"

@@ -16,7 +16,7 @@ from enum import IntEnum
 
 from django.conf import settings
 
-from exchange.federation.connectors import ConnectorError, ErrorCode
+from exchange.federation.connectors import ConnectorError, ErrorCode, image_identifier
 
 WILDCARD_HOSTS = {"", "0.0.0.0", "::", "*"}
 
@@ -110,7 +110,6 @@ def c_move_instance(connector, study_uid: str, series_uid: str, sop_instance_uid
     with Move Destination = the platform's AE title. Returns after the final response; raises
     ConnectorError for a failure, a cancel, a 0xB000 warning with failed sub-operations, a
     success that matched nothing, or an archive that stops answering."""
-    from pydicom.dataset import Dataset
     from pynetdicom import AE
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
@@ -127,11 +126,7 @@ def c_move_instance(connector, study_uid: str, series_uid: str, sop_instance_uid
         assoc.release()
         raise ConnectorError(ErrorCode.CONFIG, "The archive does not accept Study Root C-MOVE requests from the "
                              "platform (presentation context rejected): allow it, or choose C-GET as retrieve method.")
-    query = Dataset()
-    query.QueryRetrieveLevel = "IMAGE"
-    query.StudyInstanceUID = study_uid
-    query.SeriesInstanceUID = series_uid
-    query.SOPInstanceUID = sop_instance_uid
+    query = image_identifier(study_uid, series_uid, sop_instance_uid)
     final = None
     try:
         for status, _identifier in assoc.send_c_move(query, move_destination().ae_title,

@@ -23,7 +23,7 @@ import requests
 import urllib3
 
 from exchange.dicomweb.multipart import MultipartError, MultipartReader, parse_content_type
-from exchange.federation.connectors import ConnectorError, ErrorCode
+from exchange.federation.connectors import ConnectorError, ErrorCode, image_identifier
 
 
 # --- DICOMweb -------------------------------------------------------------------------------
@@ -146,7 +146,6 @@ def c_get_instance(connector, study_uid: str, series_uid: str, sop_instance_uid:
     the platform taking the SCP role of the storage SOP class (PS3.7 §D.3.3.4 role selection).
     Returns the received Part 10 file's chunks; raises ConnectorError before that if nothing
     (valid) arrived."""
-    from pydicom.dataset import Dataset
     from pynetdicom import AE, _config, build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
@@ -188,11 +187,7 @@ def c_get_instance(connector, study_uid: str, series_uid: str, sop_instance_uid:
                 os.unlink(path)
 
     assoc = connector._associate(ae=ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    query = Dataset()
-    query.QueryRetrieveLevel = "IMAGE"
-    query.StudyInstanceUID = study_uid
-    query.SeriesInstanceUID = series_uid
-    query.SOPInstanceUID = sop_instance_uid
+    query = image_identifier(study_uid, series_uid, sop_instance_uid)
     last = None
     try:
         for status, _identifier in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):

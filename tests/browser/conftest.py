@@ -21,7 +21,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 def browser():
     require("chromium", os.path.exists(CHROMIUM) and shutil.which(CHROMIUM) is not None,
             f"{CHROMIUM} (Debian package chromium) runs the browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    require("Playwright", sync_api is not None, "pip install -r requirements.txt")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser

@@ -36,7 +36,9 @@ def studies_for_read(actor, study_uid: str) -> list[Study]:
 def instances_in(studies: list[Study], series_uid: str | None = None, sop_uid: str | None = None) -> list[Instance]:
     """Instances of the given (visible) studies. Two hospitals may hold copies of one study
     (decisions/0003): each SOP Instance UID is returned once, from the first copy."""
-    qs = Instance.objects.filter(series__study__in=studies).select_related("series__study")
+    # The source endpoint (and its hospital, the calling AE of a DIMSE connector) comes in the same
+    # query: the retrieve proxy needs it per instance of a federated study.
+    qs = Instance.objects.filter(series__study__in=studies).select_related("series__study__source_endpoint__hospital")
     if series_uid:
         qs = qs.filter(series__series_instance_uid=series_uid)
     if sop_uid:

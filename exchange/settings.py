@@ -74,10 +74,15 @@ TEMPLATES = [
 ]
 
 # Embedded default: an SQLite file under var/. Production and CI: DATABASE_URL=postgres://...
+# Persistent connections on PostgreSQL (checked before reuse): opening one costs a backend
+# process and the authentication, ≈ 10 ms of every short request such as a QIDO-RS search
+# (docs/benchmarks-federation.md). Each gunicorn thread and Celery worker keeps at most one.
+_DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'exchange.sqlite3'}"
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'exchange.sqlite3'}",
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        _DATABASE_URL,
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0 if _DATABASE_URL.startswith("sqlite") else 60),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -19,6 +19,13 @@ def person_name(alphabetic: str, ideographic: str = "", phonetic: str = "") -> d
     return {"vr": "PN", "Value": [groups]} if groups else {"vr": "PN"}
 
 
+# The Study fields study_attributes reads: a search loads only these (QuerySet.only).
+STUDY_FIELDS = ("study_instance_uid", "study_date", "study_time", "accession_number", "modalities",
+                "referring_physician_name", "description", "patient_name_alphabetic", "patient_name_ideographic",
+                "patient_name_phonetic", "dicom_patient_id", "issuer_of_patient_id", "patient_birth_date",
+                "patient_sex", "study_id", "num_series", "num_instances")
+
+
 def study_attributes(study, base_url: str) -> dict:
     """Study-level attributes (PS3.18 §10.6.3.3.1 Table 10.6.3-3)."""
     return {

@@ -145,7 +145,7 @@ class StudiesView(DicomwebView):
             return error(400, str(exc))
         # No DISTINCT: study_filter joins nothing, so each study comes once, and PostgreSQL can
         # stop after the first `limit` rows in (study_date, id) order instead of sorting all.
-        qs = policy.visible_studies(request.user).filter(cond).order_by("-study_date", "-id")
+        qs = policy.visible_studies(request.user).filter(cond).only(*dicomjson.STUDY_FIELDS).order_by("-study_date", "-id")
         studies = list(qs[q.offset : q.offset + q.limit])
         base = self.base_url(request)
         body = [dicomjson.study_attributes(s, base) for s in studies]

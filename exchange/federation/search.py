@@ -395,14 +395,15 @@ def _index(actor, job: _Job) -> None:
 
 
 def federated_search(actor, patient: Patient, *, refresh: bool = False, timeout: float | None = None,
-                     channel: str = "api") -> FederatedResult:
+                     channel: str = "api", details: dict | None = None) -> FederatedResult:
     """The studies of ``patient`` that ``actor`` may see, from the central index; with
     ``refresh``, first refreshed from the patient's hospitals' live archives in parallel.
 
     ``timeout`` caps every archive's deadline (seconds; default EXCHANGE_FEDERATED_SEARCH_TIMEOUT):
     the call returns within about the longest deadline plus the index writes. Raises
     PatientNotVisible (audited as ACCESS_DENIED) when the actor may not see the patient at all.
-    ``channel`` ("api", "page", "bench") goes into the audit event.
+    ``channel`` ("api", "page", "bench") goes into the audit event, with ``details`` (the
+    caller's own description of the action, e.g. the search page's query): one event per action.
     """
     started = time.monotonic()
     cap = _deadline_cap(timeout)
@@ -428,7 +429,8 @@ def federated_search(actor, patient: Patient, *, refresh: bool = False, timeout:
     partial = any(s.status in (ArchiveState.TIMEOUT, ArchiveState.FAILED) for s in asked)
     with transaction.atomic():
         record(Event.QUERY, actor, Outcome.MINOR_FAILURE if partial else Outcome.SUCCESS, patient=patient, purpose=purpose,
-               details={"action": "federated_search", "channel": channel, "refresh": bool(refresh), "results": len(studies),
+               details={**(details or {}), "action": "federated_search", "channel": channel, "refresh": bool(refresh),
+                        "results": len(studies),
                         "archives": [{"hospital": s.hospital_code, "endpoint": s.endpoint_id, "status": s.status,
                                       "code": s.code} for s in statuses]})
     return FederatedResult(patient, studies, statuses, bool(refresh), round((time.monotonic() - started) * 1000))

@@ -75,18 +75,21 @@ def search(request):
             if target is not None and request.GET.get("refresh") == "1":
                 # Refresh from the patient's hospitals' live archives first (issue #6): the page
                 # below then shows what they hold now, through the same policy.
+                # Its QUERY event is this search's (with the page's query): one event, not two.
                 try:
-                    federated = federated_search(request.user, target, refresh=True, channel="page")
+                    federated = federated_search(request.user, target, refresh=True, channel="page",
+                                                 details={"page": "search", "query": {k: v for k, v in fields.items() if v}})
                 except PatientNotVisible:  # access ended since the search found them (audited)
                     target = None
             page = Paginator(qs, 25).get_page(request.GET.get("page"))
             if federated is not None:
                 for study in page.object_list:
                     study.freshness = federated.freshness_of(study)
-            with transaction.atomic():
-                record(Event.QUERY, request.user, purpose=policy.purpose_for(request.user),
-                       details={"page": "search", "query": {k: v for k, v in fields.items() if v},
-                                "results": page.paginator.count})
+            if federated is None:
+                with transaction.atomic():
+                    record(Event.QUERY, request.user, purpose=policy.purpose_for(request.user),
+                           details={"page": "search", "query": {k: v for k, v in fields.items() if v},
+                                    "results": page.paginator.count})
     return render(request, "viewer/search.html", {"page": page, "error": error, "form": request.GET, "searched": searched,
                                                   "target": target, "federated": federated,
                                                   "refresh_timeout": f"{settings.EXCHANGE_FEDERATED_SEARCH_TIMEOUT:g}"})

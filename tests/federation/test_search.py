@@ -382,8 +382,14 @@ def test_search_page_refreshes_and_shows_each_archive(fed, hanging, settings):
     page = client.get("/search/", {"patient_id": fed.local_ids["PPH"]}).content.decode()
     assert "Refresh from hospital archives" in page and "Hospital archives" not in page
 
+    before = AuditEvent.objects.filter(event=Event.QUERY).count()
     page = client.get("/search/", {"patient_id": fed.local_ids["PPH"], "refresh": "1"}).content.decode()
     assert "Hospital archives" in page
+    # one action, one QUERY event: the federated search's, carrying the page's query
+    events = list(AuditEvent.objects.filter(event=Event.QUERY).order_by("id"))[before:]
+    assert len(events) == 1
+    assert events[0].details["channel"] == "page" and events[0].details["query"] == {"PatientID": fed.local_ids["PPH"]}
+    assert {a["status"] for a in events[0].details["archives"]} >= {"answered", "timeout", "failed"}
     assert "answered · live" in page
     assert "did not answer within 2 s · index as of 2026-11-27 03:00" in page
     assert "failed: connection refused · index as of 2026-11-27 03:00" in page

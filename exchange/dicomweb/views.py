@@ -4,6 +4,7 @@ Views are thin: they parse the request, call a service or selector, and answer. 
 decided by consent.policy (through exchange.studies.selectors) and audited before bytes leave.
 """
 
+import itertools
 import logging
 
 from django.conf import settings
@@ -23,8 +24,8 @@ from exchange.dicomweb.stow import store_multipart
 from exchange.federation import proxy
 from exchange.federation.connectors import ConnectorError, ErrorCode
 from exchange.studies import storage
-from exchange.studies.models import Instance, Series, Study
-from exchange.studies.selectors import Denied, NotFound, instances_in, series_in, studies_for_read
+from exchange.studies.models import Instance, Series
+from exchange.studies.selectors import Denied, NotFound, instances_in, studies_for_read
 
 log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
@@ -225,19 +226,15 @@ def _accepts(request, media: str) -> bool:
     return False
 
 
-def _remote_parts(instances, first):
-    """(content type, chunks) per instance; a federated instance comes through the retrieve proxy
-    (cache, or its archive while filling the cache), opened only when the stream reaches it."""
+def _fetched_parts(first, fetches):
+    """(content type, chunks) per instance, from the retrieve proxy's fetches (storage, cache, or
+    the archive while filling the cache; a series not cached comes in one request)."""
     try:
-        for n, instance in enumerate(instances):
-            if not proxy.is_remote(instance):
-                yield f"application/dicom; transfer-syntax={instance.transfer_syntax_uid}", _file_chunks(instance.storage_key)
-                continue
-            fetch = first if n == 0 and first is not None else proxy.open_instance(instance, chunk_size=CHUNK)
+        for fetch in itertools.chain([first], fetches):
             yield f"application/dicom; transfer-syntax={fetch.transfer_syntax_uid}", fetch.chunks()
     finally:
-        if first is not None:
-            first.close()
+        first.close()
+        fetches.close()
 
 
 def _until_source_fails(body):
@@ -267,13 +264,15 @@ class RetrieveView(DicomwebView):
         instances = list(instances_in(studies, series_uid, sop_uid))
         if not instances:
             return error(404, "no such series or instance")
-        first = None
-        if proxy.is_remote(instances[0]):
-            # The first bytes from the archive before any header: if it cannot deliver, a clear
-            # 502/504 instead of a 200 with an empty body.
+        first = fetches = None
+        if any(proxy.is_remote(i) for i in instances):
+            # The first bytes before any header: if the archive cannot deliver, a clear 502/504
+            # instead of a 200 with an empty body.
+            fetches = proxy.open_instances(instances, chunk_size=CHUNK)
             try:
-                first = proxy.open_instance(instances[0], chunk_size=CHUNK)
+                first = next(fetches)
             except ConnectorError as exc:
+                fetches.close()
                 self.audit_source_failure(request, studies, Event.INSTANCES_TRANSFERRED, exc)
                 return source_error(exc)
         try:
@@ -281,13 +280,14 @@ class RetrieveView(DicomwebView):
         except BaseException:
             if first is not None:
                 first.close()
+                fetches.close()
             raise
         boundary = new_boundary()
-        if first is None and not any(proxy.is_remote(i) for i in instances):
+        if first is None:
             body = stream_parts(((f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", _file_chunks(i.storage_key))
                                  for i in instances), boundary)
         else:
-            body = _until_source_fails(stream_parts(_remote_parts(instances, first), boundary))
+            body = _until_source_fails(stream_parts(_fetched_parts(first, fetches), boundary))
         response = StreamingHttpResponse(
             body,
             content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
@@ -312,6 +312,7 @@ class MetadataView(DicomwebView):
         if not instances:
             return error(404, "no such series or instance")
         try:  # federated instances: fetched into the retrieve cache first (fetch-then-serve)
+            proxy.warm([i for i in instances if proxy.is_remote(i)])
             paths = {i.pk: proxy.instance_path(i) for i in instances if proxy.is_remote(i)}
         except ConnectorError as exc:
             self.audit_source_failure(request, studies, Event.INSTANCES_ACCESSED, exc)

@@ -85,16 +85,15 @@ def prefetch_study(study: Study, *, actor=None, reason: str = "", result: Prefet
     are counted and the study is left."""
     result = result or PrefetchResult()
     result.studies += 1
-    fetched = size = 0
+    instances = (Instance.objects.filter(series__study=study).select_related("series__study__source_endpoint__hospital")
+                 .order_by("series_id", "instance_number", "id"))
+    counts = proxy.Warmed()
     try:
-        for instance in Instance.objects.filter(series__study=study).select_related("series__study__source_endpoint"):
-            was_fetched, n = proxy.ensure_cached(instance)  # a cached one is touched: kept warm
-            if was_fetched:
-                fetched += 1
-                size += n
-            else:
-                result.cached += 1
+        # A series not cached comes in one request; cached instances are touched: kept warm.
+        proxy.warm(instances, counts)
     except ConnectorError as exc:
+        fetched, size = counts.fetched, counts.bytes
+        result.cached += counts.there
         result.failed += 1
         result.errors.append({"study": study.pk, "code": exc.code})
         _audit(study, actor, reason, fetched, size, error=exc.code)
@@ -103,10 +102,11 @@ def prefetch_study(study: Study, *, actor=None, reason: str = "", result: Prefet
         if exc.transient:
             raise
         return result
-    result.fetched += fetched
-    result.bytes += size
-    if fetched:
-        _audit(study, actor, reason, fetched, size)
+    result.cached += counts.there
+    result.fetched += counts.fetched
+    result.bytes += counts.bytes
+    if counts.fetched:
+        _audit(study, actor, reason, counts.fetched, counts.bytes)
     return result
 
 

@@ -20,6 +20,8 @@ Public functions (also for bench/federation.py):
     is_remote(instance)         held by an archive, not stored by the platform
     open_instance(instance)     -> Fetch (transfer_syntax_uid, chunks(), close()); from the cache,
                                    else from the source while filling the cache
+    open_instances(instances)   -> Fetch per instance; a series not cached comes in one request
+    warm(instances)             -> Warmed(fetched, bytes, there); metadata reads, prefetch
     instance_path(instance)     -> str; a file to read (storage, or the cache after a fetch)
     ensure_cached(instance)     -> (fetched: bool, size: int); prefetch
     move_to_platform(instance)  -> bool; C-MOVE to the platform's SCP, wait for the ingest
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from django.db import transaction
 
@@ -130,14 +133,22 @@ def is_cached(instance) -> bool:
 
 
 def transfer_syntax_of(head: bytes) -> str | None:
-    """TransferSyntaxUID (0002,0010) from the first bytes of a Part 10 file (PS3.10 §7.1: 128-byte
-    preamble, "DICM", group 0002 in Explicit VR Little Endian); None while more bytes are needed.
-    Raises ValueError for what is not a Part 10 file."""
+    """TransferSyntaxUID (0002,0010) from the first bytes of a Part 10 file; None while more bytes
+    are needed. Raises ValueError for what is not a Part 10 file."""
+    meta = file_meta(head)
+    return meta[0] if meta else None
+
+
+def file_meta(head: bytes) -> tuple[str, str] | None:
+    """(TransferSyntaxUID (0002,0010), MediaStorageSOPInstanceUID (0002,0003)) from the first
+    bytes of a Part 10 file (PS3.10 §7.1: 128-byte preamble, "DICM", group 0002 in Explicit VR
+    Little Endian, ascending tags); None while more bytes are needed. Raises ValueError for what
+    is not a Part 10 file."""
     if len(head) < 132:
         return None
     if head[128:132] != b"DICM":
         raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
-    pos = 132
+    pos, sop_uid = 132, ""
     while True:
         if len(head) < pos + 8:
             return None
@@ -152,10 +163,13 @@ def transfer_syntax_of(head: bytes) -> str | None:
             length, start = int.from_bytes(head[pos + 6:pos + 8], "little"), pos + 8
         if length == 0xFFFFFFFF or start + length > MAX_META_BYTES:
             raise ValueError("malformed file meta")
-        if element == 0x0010:
+        if element in (0x0003, 0x0010):
             if len(head) < start + length:
                 return None
-            return head[start:start + length].decode("ascii", "replace").strip("\0 ")
+            value = head[start:start + length].decode("ascii", "replace").strip("\0 ")
+            if element == 0x0010:
+                return value, sop_uid
+            sop_uid = value
         pos = start + length
 
 
@@ -163,9 +177,12 @@ class Fetch:
     """One instance's Part 10 bytes: ``transfer_syntax_uid`` is known (the file meta was read)
     before ``chunks()`` yields the first byte. ``from_cache`` says where they come from."""
 
-    def __init__(self, transfer_syntax_uid: str, head: list[bytes], rest: Iterator[bytes], *, from_cache: bool, closer):
+    def __init__(self, transfer_syntax_uid: str, head: list[bytes], rest: Iterator[bytes], *, from_cache: bool, closer,
+                 instance=None, fetched: bool = False):
         self.transfer_syntax_uid = transfer_syntax_uid
         self.from_cache = from_cache
+        self.instance = instance
+        self.fetched = fetched  # brought from the archive by this fetch (not cache, not storage)
         self._head, self._rest, self._closer = head, rest, closer
 
     def chunks(self) -> Iterator[bytes]:
@@ -182,19 +199,19 @@ class Fetch:
             closer()
 
 
-def _peek(chunks: Iterator[bytes]) -> tuple[str, list[bytes]]:
-    """Read chunks until the file meta's transfer syntax is known."""
+def _peek(chunks: Iterator[bytes]) -> tuple[str, str, list[bytes]]:
+    """Read chunks until the file meta is read: (transfer syntax, SOP Instance UID, chunks read)."""
     head: list[bytes] = []
     data = b""
     for chunk in chunks:
         head.append(chunk)
         data += chunk[:MAX_META_BYTES]
         try:
-            ts = transfer_syntax_of(data[:MAX_META_BYTES])
+            meta = file_meta(data[:MAX_META_BYTES])
         except ValueError as exc:
             raise ConnectorError(ErrorCode.PROTOCOL, f"The archive sent something that is not DICOM: {exc}.") from None
-        if ts:
-            return ts, head
+        if meta and meta[0]:
+            return meta[0], meta[1], head
         if len(data) >= MAX_META_BYTES:
             break
     raise ConnectorError(ErrorCode.PROTOCOL, "The archive's file ended inside its DICOM file meta.")
@@ -275,24 +292,172 @@ def _filling(body: Iterator[bytes], entry: cache.TempEntry, instance) -> Iterato
             close()
 
 
-def _from_source(instance, chunk_size: int) -> Fetch:
+def _from_source(instance, chunk_size: int, connector=None) -> Fetch:
     endpoint = _endpoint(instance)
     series = instance.series
-    body = connector_for(endpoint).retrieve_instance(
+    body = (connector or connector_for(endpoint)).retrieve_instance(
         series.study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
         sop_class_uid=instance.sop_class_uid, chunk_size=chunk_size)
+    return _fill_from(body, endpoint, instance)
+
+
+def _fill_from(body: Iterator[bytes], endpoint, instance, head_read: tuple[str, list[bytes]] | None = None) -> Fetch:
+    """A Fetch passing ``body`` on while filling the instance's cache entry. ``head_read``: the
+    transfer syntax and the chunks already read from ``body`` (to learn which instance it is)."""
     try:
         entry = cache.TempEntry(endpoint.pk, instance.sop_instance_uid)
     except BaseException:
         getattr(body, "close", lambda: None)()
         raise
-    filling = _filling(iter(body), entry, instance)
+    if head_read is not None:
+        ts, head = head_read
+        filling = _filling(_chain(head, body), entry, instance)
+    else:
+        filling = _filling(iter(body), entry, instance)
+        try:
+            ts, _, head = _peek(filling)
+        except BaseException:
+            filling.close()
+            raise
+    return Fetch(ts, [] if head_read is not None else head, filling, from_cache=False, closer=filling.close,
+                 instance=instance, fetched=True)
+
+
+def _chain(head: list[bytes], body: Iterator[bytes]) -> Iterator[bytes]:
     try:
-        ts, head = _peek(filling)
-    except BaseException:
-        filling.close()
-        raise
-    return Fetch(ts, head, filling, from_cache=False, closer=filling.close)
+        yield from head
+        yield from body
+    finally:
+        getattr(body, "close", lambda: None)()
+
+
+# A series is fetched whole (one request) when at least this many of its instances are wanted
+# and not cached, and they are at least half of the series: fewer, and one request per
+# instance moves fewer bytes than the whole series would.
+SERIES_MIN_INSTANCES = 2
+
+
+def _series_from_source(connector, endpoint, series, wanted: dict, chunk_size: int) -> Iterator[Fetch]:
+    """Fetches of the ``wanted`` instances (SOP Instance UID -> Instance) of one series, from one
+    WADO-RS Retrieve Series, in the order the archive sends them; each filled into the cache as
+    it streams. A part that is not a wanted instance (one the index does not know, or one
+    already sent) is read past, never handed on. Instances the archive does not send are left in
+    ``wanted`` for the caller to fetch one by one."""
+    parts = connector.retrieve_series(series.study.study_instance_uid, series.series_instance_uid, chunk_size=chunk_size)
+    try:
+        for part in parts:
+            ts, sop_uid, head = _peek(part)
+            instance = wanted.pop(sop_uid, None)
+            if instance is None:
+                for _ in part:
+                    pass
+                continue
+            fetch = _fill_from(part, endpoint, instance, head_read=(ts, head))
+            try:
+                yield fetch
+            finally:
+                fetch.close()  # a consumer that left the part early: its entry is dropped, the part read past
+    finally:
+        parts.close()
+
+
+def _local(instance, chunk_size: int) -> Fetch:
+    fetch = _from_storage(instance, chunk_size)
+    fetch.instance = instance
+    return fetch
+
+
+def open_instances(instances, *, chunk_size: int = CHUNK) -> Iterator[Fetch]:
+    """A Fetch for each of ``instances`` (stored, cached, or from its archive), each once, opened
+    only when the iteration reaches it; close each Fetch (or read it to the end) before taking
+    the next. Instances are taken series by series as given. Where enough of a series is
+    neither stored nor cached (SERIES_MIN_INSTANCES, half the series) and its archive can
+    (DICOMweb), the series comes in one request (PS3.18 §10.4.1.1.1 Retrieve Series) after the
+    series' cached instances, in the archive's order; the instances it did not send follow one
+    request each. One connector (one HTTP session, kept alive) per archive for the whole call."""
+    connectors: dict[int, object] = {}
+
+    def connector(endpoint):
+        if endpoint.pk not in connectors:
+            connectors[endpoint.pk] = connector_for(endpoint)
+        return connectors[endpoint.pk]
+
+    group: list = []
+    for instance in [*instances, None]:
+        if group and (instance is None or instance.series_id != group[0].series_id):
+            yield from _open_group(group, chunk_size, connector)
+            group = []
+        if instance is not None:
+            group.append(instance)
+
+
+def _open_group(group: list, chunk_size: int, connector) -> Iterator[Fetch]:
+    """open_instances for the instances of one series."""
+    series = group[0].series
+    pending = [i for i in group if is_remote(i) and not moves_to_platform(i) and not is_cached(i)]
+    endpoint = series.study.source_endpoint
+    whole = (endpoint is not None and len(pending) >= max(SERIES_MIN_INSTANCES, series.num_instances / 2)
+             and connector(endpoint).retrieves_series)
+    if not whole:
+        for instance in group:
+            yield _open_one(instance, chunk_size, connector)
+        return
+    for instance in group:
+        if instance not in pending:
+            yield _open_one(instance, chunk_size, connector)
+    wanted = {i.sop_instance_uid: i for i in pending}
+    yield from _series_from_source(connector(endpoint), endpoint, series, wanted, chunk_size)
+    for instance in pending:
+        if instance.sop_instance_uid in wanted:  # not in the archive's series answer
+            yield _open_one(instance, chunk_size, connector)
+
+
+def _open_one(instance, chunk_size: int, connector) -> Fetch:
+    if not is_remote(instance):
+        return _local(instance, chunk_size)
+    fetch = _from_cache(instance, chunk_size)
+    if fetch is not None:
+        fetch.instance = instance
+        return fetch
+    if moves_to_platform(instance):
+        moved = move_to_platform(instance)
+        fetch = _local(instance, chunk_size)
+        fetch.fetched = moved
+        return fetch
+    return _from_source(instance, chunk_size, connector(_endpoint(instance)))
+
+
+@dataclass
+class Warmed:
+    fetched: int = 0  # instances brought from their archive now
+    bytes: int = 0  # their size
+    there: int = 0  # instances already stored or cached
+
+
+def warm(instances, counts: Warmed | None = None) -> Warmed:
+    """Bring the remote ``instances`` into the cache (or, for a C-MOVE archive, the platform's
+    storage) with as few requests as open_instances makes; cached ones are only touched (kept
+    warm), not read. ``counts`` is filled as it goes, so it tells what moved before a
+    ConnectorError."""
+    counts = counts if counts is not None else Warmed()
+    cold = []
+    for instance in instances:
+        if not is_remote(instance):
+            counts.there += 1
+        elif (endpoint_id := instance.series.study.source_endpoint_id) is not None \
+                and cache.lookup(endpoint_id, instance.sop_instance_uid) is not None:
+            counts.there += 1
+        else:
+            cold.append(instance)
+    for fetch in open_instances(cold):
+        n = 0
+        for chunk in fetch.chunks():
+            n += len(chunk)
+        if fetch.fetched:
+            counts.fetched, counts.bytes = counts.fetched + 1, counts.bytes + n
+        else:
+            counts.there += 1
+    return counts
 
 
 def open_instance(instance, *, chunk_size: int = CHUNK) -> Fetch:

@@ -357,6 +357,124 @@ def test_archive_dropping_mid_transfer_or_down_or_hanging_leaves_no_cache_entry(
     assert cache.usage()[0] == 1
 
 
+class _ScriptedArchive:
+    """A DICOMweb 'archive' on a loopback port serving given Part 10 files: Retrieve Series answers
+    ``series_parts`` in that order (and, with ``drop_after`` = k, only the first k whole, then half
+    of the next, then closes); Retrieve Instance answers the file of that SOP Instance UID, or 404.
+    Counts the requests of each kind."""
+
+    def __init__(self, files: dict[str, bytes], series_parts: list[bytes], drop_after: int | None = None):
+        self.files, self.series_parts, self.drop_after = files, series_parts, drop_after
+        self.requests = {"series": 0, "instance": 0}
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                path = self.path.split("?")[0].rstrip("/").split("/")
+                kind = "instance" if "instances" in path else "series"
+                outer.requests[kind] += 1
+                if kind == "instance":
+                    body = outer.files.get(path[-1])
+                    if body is None:
+                        self.send_response(404)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    parts, cut = [body], None
+                else:
+                    parts, cut = outer.series_parts, outer.drop_after
+                self.send_response(200)
+                self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=b0und')
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for n, part in enumerate(parts):
+                    self.wfile.write(b"--b0und\r\nContent-Type: application/dicom\r\n\r\n")
+                    if cut is not None and n == cut:
+                        self.wfile.write(part[: len(part) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    self.wfile.write(part + b"\r\n")
+                self.wfile.write(b"--b0und--\r\n")
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    url = _FaultyArchive.url
+    __exit__ = _FaultyArchive.__exit__
+
+    def __enter__(self):
+        self.release = threading.Event()
+        self.thread.start()
+        return self
+
+
+def with_other_uid(part10: bytes, uid: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_a_cold_series_comes_in_one_request_and_only_the_instances_the_index_knows_are_sent(
+        archives, hospitals, cache_dir, django_capture_on_commit_callbacks):
+    endpoint = onboard(hospitals["CITY1"], archives["CITY1"], django_capture_on_commit_callbacks)
+    client = api(clinician(hospitals["CITY1"]))
+    series = next(s for s in Series.objects.filter(study__hospital=hospitals["CITY1"]) if s.instances.count() >= 3)
+    first, second, third = remote_instances(hospitals["CITY1"], series=series)[:3]
+    files = {i.sop_instance_uid: source_file(archives["CITY1"], i.sop_instance_uid) for i in (first, second, third)}
+    stranger = with_other_uid(files[first.sop_instance_uid], "1.2.826.0.1.3680043.10.1.999999")
+    url = f"/dicomweb/studies/{series.study.study_instance_uid}/series/{series.series_instance_uid}"
+
+    # the archive's series answer: an instance the index does not know, the third, the first (not
+    # the second, which it still serves on its own)
+    with _ScriptedArchive(files, [stranger, files[third.sop_instance_uid], files[first.sop_instance_uid]]) as archive:
+        ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(wado_url=archive.url)
+        got = parts_of(client.get(url))
+        assert archive.requests == {"series": 1, "instance": 1}
+    assert got == [files[third.sop_instance_uid], files[first.sop_instance_uid], files[second.sop_instance_uid]]
+    assert stranger not in got
+    entries = [p for p in cache_files(cache_dir) if p.suffix == ".dcm"]
+    assert sorted(p.read_bytes() for p in entries) == sorted(files.values())
+    for instance in (first, second, third):
+        instance.refresh_from_db()
+        assert instance.size == len(files[instance.sop_instance_uid]) and instance.transfer_syntax_uid
+
+    # second view: from the cache, no request at all
+    with _ScriptedArchive({}, []) as archive:
+        ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(wado_url=archive.url)
+        assert sorted(parts_of(client.get(url))) == sorted(files.values())
+        assert archive.requests == {"series": 0, "instance": 0}
+
+    # the archive drops inside the second part: the client's body is cut short; the first part,
+    # whole and verified, stays cached; nothing half-written is left
+    cache.clear()
+    parts = [files[i.sop_instance_uid] for i in (first, second, third)]
+    with _ScriptedArchive(files, parts, drop_after=1) as archive:
+        ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(wado_url=archive.url)
+        body = body_of(client.get(url))
+    assert parts[0] in body and not body.rstrip().endswith(b"--")
+    assert [p.read_bytes() for p in cache_files(cache_dir) if p.suffix == ".dcm"] == [parts[0]]
+    assert not [p for p in cache_files(cache_dir) if p.suffix == ".part"]
+
+    # warming the series (prefetch, metadata) asks once for what is not cached; the cached
+    # instance is only touched
+    with _ScriptedArchive(files, parts) as archive:
+        ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(wado_url=archive.url)
+        warmed = proxy.warm(remote_instances(hospitals["CITY1"], series=series)[:3])
+        assert archive.requests == {"series": 1, "instance": 0}
+    assert (warmed.fetched, warmed.there, warmed.bytes) == (2, 1, len(parts[1]) + len(parts[2]))
+    assert sorted(p.read_bytes() for p in cache_files(cache_dir) if p.suffix == ".dcm") == sorted(parts)
+
+
 def test_consent_applies_before_anything_is_fetched(archives, hospitals, cache_dir, settings, monkeypatch,
                                                     django_capture_on_commit_callbacks):
     settings.CONSENT_DEFAULT = "opt-in"

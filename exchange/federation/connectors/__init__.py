@@ -99,6 +99,15 @@ class Connector:
         iterator early releases the connection."""
         raise NotImplementedError  # pragma: no cover
 
+    # Can the connector bring a whole series in one request (retrieve_series)?
+    retrieves_series = False
+
+    def retrieve_series(self, study_uid: str, series_uid: str, *, chunk_size: int = 256 * 1024) -> Iterator[Iterator[bytes]]:
+        """Every instance of one series, one Part 10 file after the other in the order the archive
+        sends them, each as an iterator of chunks to read before the next is asked for. Failures
+        as in retrieve_instance."""
+        raise NotImplementedError  # pragma: no cover
+
 
 def image_identifier(study_uid: str, series_uid: str, sop_instance_uid: str) -> Dataset:
     """The identifier of a C-GET/C-MOVE for one instance (Study Root, IMAGE level; PS3.4 C.4.2.1.4)."""

@@ -14,7 +14,7 @@ import requests
 from pydicom.dataset import Dataset
 
 from exchange.federation.connectors import Connector, ConnectorError, ErrorCode, TestResult, da_range
-from exchange.federation.connectors.retrieve import multipart_instance_chunks
+from exchange.federation.connectors.retrieve import multipart_instance_chunks, multipart_parts
 
 STUDY_FIELDS = ["00080061", "00081030", "00100021", "00201206", "00201208", "00080090"]
 SERIES_FIELDS = ["0008103E", "00180015", "00201209"]
@@ -161,6 +161,19 @@ class DicomwebConnector(Connector):
         transfer syntax (transfer-syntax=*, §8.7.3.5.2) so the bytes are the archive's file. The
         multipart/related answer is read as it arrives (requests stream=True)."""
         url = f"{self.wado}/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}"
+        return multipart_instance_chunks(self._retrieve(url, "instance"), chunk_size=chunk_size, timeout=self.timeout)
+
+    retrieves_series = True
+
+    def retrieve_series(self, study_uid: str, series_uid: str, *, chunk_size: int = 256 * 1024):
+        """WADO-RS Retrieve Series (PS3.18 §10.4.1.1.1, …/studies/{study}/series/{series}) in the
+        archive's own transfer syntax: one request for the whole series instead of one per
+        instance (the retrieve proxy's cold path). Parts are handed on as they arrive."""
+        url = f"{self.wado}/studies/{study_uid}/series/{series_uid}"
+        return multipart_parts(self._retrieve(url, "series"), chunk_size=chunk_size, timeout=self.timeout)
+
+    def _retrieve(self, url: str, what: str) -> requests.Response:
+        """A streamed WADO-RS answer whose status is a success; failures as ConnectorError."""
         if not url.startswith(("http://", "https://")):
             raise ConnectorError(ErrorCode.CONFIG, "The WADO-RS URL must start with http:// or https://.")
         accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -174,6 +187,6 @@ class DicomwebConnector(Connector):
                 raise ConnectorError(ErrorCode.AUTH, f"Authentication failed (HTTP {r.status_code}): check the user name "
                                      "and password or token, and that this account may retrieve from the archive.")
             if r.status_code == 404:
-                raise ConnectorError(ErrorCode.NOT_FOUND, "The archive no longer holds this instance (HTTP 404).")
+                raise ConnectorError(ErrorCode.NOT_FOUND, f"The archive no longer holds this {what} (HTTP 404).")
             raise ConnectorError(ErrorCode.HTTP_ERROR, f"The archive answered the retrieve with HTTP {r.status_code}.")
-        return multipart_instance_chunks(r, chunk_size=chunk_size, timeout=self.timeout)
+        return r

@@ -48,32 +48,10 @@ def _dropped(exc: BaseException, timeout: float) -> ConnectorError:
                           f"({type(exc).__name__}); nothing was kept.")
 
 
-def multipart_instance_chunks(response, *, chunk_size: int, timeout: float) -> Iterator[bytes]:
-    """The body of the one application/dicom part of a WADO-RS instance answer, as it arrives.
-    Ends only after the closing delimiter was read: a body cut short raises ConnectorError."""
+def _translated(chunks: Iterator[bytes], timeout: float) -> Iterator[bytes]:
+    """Chunks of a streamed answer, with the transport's failures as ConnectorError."""
     try:
-        media, params = parse_content_type(response.headers.get("Content-Type", ""))
-        stream = _Socket(response.raw)
-        if response.status_code == 204:
-            raise ConnectorError(ErrorCode.NOT_FOUND, "The archive answered the retrieve with no content (HTTP 204).")
-        if media == "application/dicom":  # a bare instance instead of a multipart answer: take it
-            while chunk := stream.read(chunk_size):
-                yield chunk
-            return
-        if media != "multipart/related":
-            raise ConnectorError(ErrorCode.PROTOCOL, f"The archive answered the retrieve with '{media or 'no content type'}', "
-                                 "not multipart/related (PS3.18 §8.6.1.2).")
-        reader = MultipartReader(stream, params.get("boundary", ""), chunk_size=chunk_size)
-        parts = reader.parts()
-        part = next(parts, None)
-        if part is None:
-            raise ConnectorError(ErrorCode.NOT_FOUND, "The archive answered the retrieve with no instance.")
-        part_type, _ = parse_content_type(part.content_type)
-        if part_type not in ("", "application/dicom"):
-            raise ConnectorError(ErrorCode.PROTOCOL, f"The archive sent a '{part_type}' part, not application/dicom.")
-        yield from part.chunks()
-        if next(parts, None) is not None:
-            raise ConnectorError(ErrorCode.PROTOCOL, "The archive sent more than one instance for one SOP Instance UID.")
+        yield from chunks
     except ConnectorError:
         raise
     except MultipartError:
@@ -81,8 +59,54 @@ def multipart_instance_chunks(response, *, chunk_size: int, timeout: float) -> I
                              "closing delimiter); nothing was kept.") from None
     except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
         raise _dropped(exc, timeout) from None
+
+
+def multipart_parts(response, *, chunk_size: int, timeout: float) -> Iterator[Iterator[bytes]]:
+    """The application/dicom parts of a WADO-RS answer (PS3.18 §8.6.1.2, multipart/related), each
+    as an iterator of its body's chunks as they arrive; a part must be read (or left) before the
+    next is asked for. Ends only after the closing delimiter was read: a body cut short raises
+    ConnectorError. The response is closed at the end, or when this generator is closed."""
+    try:
+        media, params = parse_content_type(response.headers.get("Content-Type", ""))
+        stream = _Socket(response.raw)
+        if response.status_code == 204:
+            raise ConnectorError(ErrorCode.NOT_FOUND, "The archive answered the retrieve with no content (HTTP 204).")
+        if media == "application/dicom":  # a bare instance instead of a multipart answer: take it
+            yield _translated(iter(lambda: stream.read(chunk_size), b""), timeout)
+            return
+        if media != "multipart/related":
+            raise ConnectorError(ErrorCode.PROTOCOL, f"The archive answered the retrieve with '{media or 'no content type'}', "
+                                 "not multipart/related (PS3.18 §8.6.1.2).")
+        reader = MultipartReader(stream, params.get("boundary", ""), chunk_size=chunk_size)
+        for part in _translated(reader.parts(), timeout):
+            part_type, _ = parse_content_type(part.content_type)
+            if part_type not in ("", "application/dicom"):
+                raise ConnectorError(ErrorCode.PROTOCOL, f"The archive sent a '{part_type}' part, not application/dicom.")
+            yield _translated(part.chunks(), timeout)
+    except ConnectorError:
+        raise
+    except MultipartError:
+        raise ConnectorError(ErrorCode.PROTOCOL, "The archive's answer is not a well-formed multipart body; "
+                             "nothing was kept.") from None
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        raise _dropped(exc, timeout) from None
     finally:
         response.close()
+
+
+def multipart_instance_chunks(response, *, chunk_size: int, timeout: float) -> Iterator[bytes]:
+    """The body of the one application/dicom part of a WADO-RS instance answer, as it arrives.
+    Ends only after the closing delimiter was read: a body cut short raises ConnectorError."""
+    parts = multipart_parts(response, chunk_size=chunk_size, timeout=timeout)
+    try:
+        part = next(parts, None)
+        if part is None:
+            raise ConnectorError(ErrorCode.NOT_FOUND, "The archive answered the retrieve with no instance.")
+        yield from part
+        if next(parts, None) is not None:
+            raise ConnectorError(ErrorCode.PROTOCOL, "The archive sent more than one instance for one SOP Instance UID.")
+    finally:
+        parts.close()
 
 
 # --- DIMSE ----------------------------------------------------------------------------------

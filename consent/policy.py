@@ -19,7 +19,9 @@ every study and actor. Rules (docs/decisions/0011-consent.md):
 - a share-link bearer sees the one study of a usable link (basis ``share-link``);
 - a regulator sees no images; the patient-level record (consents, access history) is open to
   them for oversight (basis ``oversight``);
-- anyone else sees nothing.
+- anyone else sees nothing;
+- nobody sees a study its hospital's archive no longer holds (availability ``withdrawn``, set by
+  the federation sync): there is nothing left to show.
 
 Nothing is cached: every call reads the consent rows again, so a revocation applies from the
 next request on.
@@ -142,7 +144,11 @@ def decide(actor, patient, purpose: str, study=None) -> Decision:
     """Decide one read. With ``study``, the decision is about that study's data; without, about
     the patient's record as a whole (a patient-level decision is never broader than the union
     of its study-level ones, except oversight, which opens no images)."""
+    from exchange.studies.models import Availability
+
     now = timezone.now()
+    if study is not None and study.availability == Availability.WITHDRAWN:
+        return Decision(False, Basis.NONE, "the hospital's archive no longer holds this study")
     if isinstance(actor, ShareLinkBearer):
         return _share_link_decision(actor, patient, study, now)
     profile = _profile(actor)
@@ -212,9 +218,9 @@ def _clinician_q(actor, profile, now) -> Q:
 def visible_studies(actor, studies=None):
     """The studies ``actor`` may see, as a queryset filter on ``studies`` (default: all).
     Must agree with ``decide(actor, study.patient, purpose_for(actor), study)`` for every study."""
-    from exchange.studies.models import Study
+    from exchange.studies.models import Availability, Study
 
-    qs = studies if studies is not None else Study.objects.all()
+    qs = (studies if studies is not None else Study.objects.all()).exclude(availability=Availability.WITHDRAWN)
     if isinstance(actor, ShareLinkBearer):
         link = actor.link
         if link.state() != "usable" or not actor.pin_verified:

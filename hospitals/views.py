@@ -138,7 +138,8 @@ def endpoint_status(request, pk):
     if job is not None:
         body["job"] = {"id": job.pk, "status": job.status, "progress": job.progress, "message": job.message,
                        "studies_seen": job.studies_seen, "studies_created": job.studies_created,
-                       "studies_updated": job.studies_updated, "series": job.series, "instances": job.instances,
+                       "studies_updated": job.studies_updated, "studies_withdrawn": job.studies_withdrawn,
+                       "series": job.series, "instances": job.instances,
                        "errors": len(job.errors),
                        "started_at": job.started_at.isoformat() if job.started_at else None,
                        "finished_at": job.finished_at.isoformat() if job.finished_at else None}

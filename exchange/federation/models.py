@@ -26,6 +26,8 @@ class SyncJob(models.Model):
     studies_seen = models.PositiveIntegerField(default=0)
     studies_created = models.PositiveIntegerField(default=0)
     studies_updated = models.PositiveIntegerField(default=0)
+    # Indexed studies the archive no longer holds (each confirmed by a query on its UID).
+    studies_withdrawn = models.PositiveIntegerField(default=0)
     series = models.PositiveIntegerField(default=0)
     instances = models.PositiveIntegerField(default=0)
     windows_done = models.PositiveIntegerField(default=0)

@@ -9,6 +9,12 @@ after a crash or an outage the next run starts at the last complete window: noth
 (the watermark never passes an unfinished window) and nothing is duplicated (rows are upserts
 keyed by UIDs, the study by (hospital, StudyInstanceUID)).
 
+A study the index has from this archive, dated inside a window the archive answered, that the
+answer no longer lists and that the archive says it does not hold when asked for its UID, is
+marked withdrawn (Availability.WITHDRAWN: nobody can read it; the row stays for the audit trail);
+it comes back if the archive lists it again. An incremental run re-reads only the recent
+windows; `sync_archive CODE --since 19800101` reconciles the whole archive.
+
 Every identity goes through the patient index (exchange.mpi.services.identifier_resolve), like
 an ingested instance. See docs/decisions/0010-federation.md.
 """
@@ -163,6 +169,7 @@ class WindowCounts:
     seen: int = 0
     created: int = 0
     updated: int = 0
+    withdrawn: int = 0
     series: int = 0
     instances: int = 0
     errors: list = field(default_factory=list)
@@ -183,11 +190,15 @@ def index_study(endpoint, remote: RemoteStudy, counts: WindowCounts) -> None:
             defaults={**remote.fields, "patient": identifier.patient, "identifier": identifier,
                       "availability": Availability.REMOTE, "source_endpoint": endpoint})
         study = Study.objects.select_for_update().get(pk=study.pk)
-        if study.availability != Availability.REMOTE:
+        if study.availability == Availability.LOCAL:
             return  # the hospital also pushed it: the stored copy is the index entry
         if study.patient_id != identifier.patient_id:
             raise IdentityConflict("StudyInstanceUID already indexed at this hospital for a different patient")
         changed = created
+        if study.availability == Availability.WITHDRAWN:  # the archive holds it again
+            Study.objects.filter(pk=study.pk).update(availability=Availability.REMOTE)
+            study.availability = Availability.REMOTE
+            changed = True
         if not created:
             dirty = [f for f in STUDY_UPDATABLE if getattr(study, f) != remote.fields[f]]
             for f in dirty:
@@ -232,6 +243,34 @@ def index_study(endpoint, remote: RemoteStudy, counts: WindowCounts) -> None:
         counts.updated += 1
 
 
+def gone_from_source(endpoint, connector: Connector, lo: date, hi: date, present: set[str]) -> list[int]:
+    """Index entries of this archive dated in [lo, hi] that the window's answer does not list and
+    that the archive, asked for each one's StudyInstanceUID, says it no longer holds. A window's
+    answer is complete by construction (windows()), but an archive that silently caps its
+    answers would look as if it had lost studies: hence the per-study question. Network only;
+    call outside the transaction."""
+    candidates = (Study.objects.filter(source_endpoint=endpoint, availability=Availability.REMOTE,
+                                       study_date__gte=lo, study_date__lte=hi)
+                  .exclude(study_instance_uid__in=present).values_list("pk", "study_instance_uid"))
+    return [pk for pk, uid in candidates if not connector.holds_study(uid)]
+
+
+def withdraw(endpoint, study_ids: list[int], actor, job_id: int | None) -> int:
+    """Mark studies the archive no longer holds as withdrawn (nobody can read them; their rows
+    stay for the audit trail, consents and share links), one audit event each. Call inside the
+    window's transaction."""
+    n = 0
+    for study in Study.objects.select_for_update().filter(pk__in=study_ids, source_endpoint=endpoint,
+                                                           availability=Availability.REMOTE):
+        study.availability = Availability.WITHDRAWN
+        study.save(update_fields=["availability", "updated_at"])
+        record(Event.IMPORT, actor, Outcome.SUCCESS, study=study,
+               details={"action": "withdrawn_at_source", "endpoint": endpoint.pk, "hospital": endpoint.hospital.code,
+                        "job": job_id})
+        n += 1
+    return n
+
+
 # --- the job -----------------------------------------------------------------------------------
 
 
@@ -269,16 +308,20 @@ def run_sync(job: SyncJob, *, since: date | None = None, connector: Connector | 
                 remote_studies.append(read_study(connector, ds))
             except ValueError as exc:
                 counts.errors.append({"code": "bad_data", "study": str(ds.get("StudyInstanceUID") or "")[:64], "message": str(exc)})
+        # A study the index has from this archive in this window, but the archive no longer lists.
+        gone = gone_from_source(endpoint, connector, lo, hi, {str(ds.get("StudyInstanceUID") or "").strip() for ds in found})
         with transaction.atomic():
             for remote in remote_studies:
                 try:
                     index_study(endpoint, remote, counts)
                 except IdentityConflict as exc:
                     counts.errors.append({"code": "identity_conflict", "study": remote.study_instance_uid, "message": str(exc)})
+            counts.withdrawn = withdraw(endpoint, gone, job.requested_by, job.pk)
             job = SyncJob.objects.select_for_update().get(pk=job.pk)
             job.studies_seen += counts.seen
             job.studies_created += counts.created
             job.studies_updated += counts.updated
+            job.studies_withdrawn += counts.withdrawn
             job.series += counts.series
             job.instances += counts.instances
             job.windows_done += 1
@@ -291,10 +334,12 @@ def run_sync(job: SyncJob, *, since: date | None = None, connector: Connector | 
                    details={"action": "federation_sync", "endpoint": endpoint.pk, "hospital": endpoint.hospital.code,
                             "job": job.pk, "window": [f"{lo:%Y%m%d}", f"{hi:%Y%m%d}"], "studies_seen": counts.seen,
                             "studies_created": counts.created, "studies_updated": counts.updated,
+                            "studies_withdrawn": counts.withdrawn,
                             "series": counts.series, "instances": counts.instances, "errors": len(counts.errors)})
         if after_window is not None:
             after_window(lo, hi)
     return job
 
 
-__all__ = ["ConnectorError", "RemoteStudy", "read_study", "windows", "index_study", "run_sync", "sync_range"]
+__all__ = ["ConnectorError", "RemoteStudy", "read_study", "windows", "index_study", "gone_from_source", "withdraw",
+           "run_sync", "sync_range"]

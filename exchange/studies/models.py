@@ -15,6 +15,9 @@ class Availability(models.TextChoices):
 
     LOCAL = "local", "Stored on the platform"
     REMOTE = "remote", "Held by the hospital's archive (federated)"
+    # A federated study its archive no longer holds (deleted or moved there; found by the sync).
+    # Kept for the audit trail, consents and share links that name it; nobody can read it.
+    WITHDRAWN = "withdrawn", "No longer held by the hospital's archive"
 
 
 class Study(models.Model):

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from consent import policy
-from exchange.studies.models import Instance, Series, Study
+from exchange.studies.models import Availability, Instance, Series, Study
 
 
 class NotFound(Exception):
@@ -27,7 +27,9 @@ def studies_for_read(actor, study_uid: str) -> list[Study]:
             allowed.append((study, decision))
     if allowed:
         return [s for s, _ in allowed]
-    hidden = Study.objects.filter(study_instance_uid=study_uid).select_related("patient", "hospital").first()
+    # A study its archive no longer holds is simply not found (policy.decide also refuses it).
+    hidden = (Study.objects.filter(study_instance_uid=study_uid).exclude(availability=Availability.WITHDRAWN)
+              .select_related("patient", "hospital").first())
     if hidden is None:
         raise NotFound("no such study")
     raise Denied(policy.decide(actor, hidden.patient, policy.purpose_for(actor), study=hidden), hidden)

@@ -19,7 +19,7 @@ from exchange.dicomweb import query
 from exchange.federation.search import PatientNotVisible, federated_search, surviving
 from exchange.mpi.models import Patient, PatientIdentifier
 from exchange.mpi.selectors import patient_may_see
-from exchange.studies.models import IngestBatch, Instance, Series, Study
+from exchange.studies.models import Availability, IngestBatch, Instance, Series, Study
 from exchange.studies.tasks import import_upload_task, upload_save
 from hospitals.models import Hospital, Role
 
@@ -112,7 +112,8 @@ def _one_patient(user, visible, patient_id: str):
 
 
 def _study_for(request, pk: int) -> Study:
-    study = Study.objects.select_related("hospital", "patient").filter(pk=pk).first()
+    # A study its archive no longer holds (withdrawn by the sync) is gone, not refused.
+    study = Study.objects.select_related("hospital", "patient").filter(pk=pk).exclude(availability=Availability.WITHDRAWN).first()
     if study is None:
         raise Http404("no such study")
     decision = policy.decide(request.user, study.patient, policy.purpose_for(request.user), study=study)

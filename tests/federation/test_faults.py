@@ -102,3 +102,68 @@ def test_a_job_left_by_a_crashed_worker_is_taken_over(hospital_a, settings):
     job = sync_job_create(endpoint=endpoint)
     assert sync_job_claim(job.pk)
     assert sync_job_claim(job.pk)  # heartbeat too old: the redelivered task takes it over
+
+
+def test_a_study_deleted_at_the_archive_is_withdrawn_by_a_full_sync_and_comes_back_with_it(
+        flaky_archive, study_files, hospital_a, clinician_a, monkeypatch, django_capture_on_commit_callbacks):
+    import pydicom
+    import requests
+    from django.test import Client
+
+    from audit.models import AuditEvent, Event
+    from exchange.federation.connectors.dicomweb import DicomwebConnector
+    from exchange.studies.models import Availability
+    from tests.conftest import api
+
+    endpoint = endpoint_create(hospital=hospital_a, kind="dicomweb", name="PACS", qido_url=flaky_archive.dicomweb, timeout=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        endpoint_sync_start(endpoint=endpoint)
+    source = source_index(flaky_archive)
+    assert uids(hospital_a) == sorted(source)
+    deleted, capped = sorted(source)[:2]
+    s = requests.Session()
+    s.auth = flaky_archive.auth
+    (orthanc_id,) = [f["ID"] for f in s.post(flaky_archive.url + "/tools/lookup", data=deleted, timeout=30).json()]
+    s.delete(f"{flaky_archive.url}/studies/{orthanc_id}", timeout=30).raise_for_status()
+    # and the archive leaves another study out of its listings, as an archive that caps its
+    # answers would: asked for that study's UID, it still has it
+    listing = DicomwebConnector.find_studies
+    monkeypatch.setattr(DicomwebConnector, "find_studies", lambda self, *a, **k: [
+        ds for ds in listing(self, *a, **k) if ds.StudyInstanceUID != capped])
+
+    def full_sync():
+        with django_capture_on_commit_callbacks(execute=True):
+            job = endpoint_sync_start(endpoint=endpoint, since=datetime.date(1980, 1, 1), trigger="operator")
+        job.refresh_from_db()
+        assert job.status == JobStatus.DONE, job.message
+        return job
+
+    # when: the operator reconciles the whole archive
+    job = full_sync()
+
+    # then: the deleted study is withdrawn (kept, readable by nobody), the unlisted one is not
+    assert job.studies_withdrawn == 1
+    gone = Study.objects.get(study_instance_uid=deleted)
+    assert gone.availability == Availability.WITHDRAWN
+    assert Study.objects.get(study_instance_uid=capped).availability == Availability.REMOTE
+    event = AuditEvent.objects.get(event=Event.IMPORT, study=gone)
+    assert event.details["action"] == "withdrawn_at_source" and event.details["job"] == job.pk
+    client = api(clinician_a)
+    listed = [s["0020000D"]["Value"][0] for s in client.get("/dicomweb/studies").json()]
+    assert deleted not in listed and capped in listed
+    assert client.get(f"/dicomweb/studies/{deleted}").status_code == 404
+    assert client.get(f"/dicomweb/studies/{deleted}/metadata").status_code == 404
+    page = Client()
+    page.force_login(clinician_a)
+    assert page.get(f"/studies/{gone.pk}/").status_code == 404
+    # a second run withdraws nothing more and writes no second event
+    assert full_sync().studies_withdrawn == 0
+    assert AuditEvent.objects.filter(event=Event.IMPORT, study=gone).count() == 1
+
+    # when: the archive holds the study again, the next sync brings it back
+    files = [p for paths in study_files.values() for p in paths
+             if pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID == deleted]
+    flaky_archive.upload(files)
+    full_sync()
+    assert Study.objects.get(study_instance_uid=deleted).availability == Availability.REMOTE
+    assert deleted in [s["0020000D"]["Value"][0] for s in client.get("/dicomweb/studies").json()]

@@ -82,6 +82,11 @@ class Connector:
         search). With ``limit``: about that many at most (C-FIND may return one more)."""
         raise NotImplementedError  # pragma: no cover
 
+    def holds_study(self, study_uid: str) -> bool:
+        """Whether the archive still holds this study: a STUDY-level query on its UID (PS3.4
+        C.6.2.1, single value matching). The sync asks before it withdraws an index entry."""
+        raise NotImplementedError  # pragma: no cover
+
     def patient_details(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Dataset | None:
         """Patient module of one instance when the study-level answer lacks it (IssuerOfPatientID,
         OtherPatientIDsSequence); None if the protocol has no cheap way to get it."""

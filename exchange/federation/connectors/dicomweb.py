@@ -132,6 +132,9 @@ class DicomwebConnector(Connector):
             params["limit"] = str(limit)
         return self._datasets(self._get_json(f"{self.qido}/studies", params))
 
+    def holds_study(self, study_uid: str) -> bool:
+        return bool(self._get_json(f"{self.qido}/studies", {"StudyInstanceUID": study_uid, "limit": "1"}))
+
     def find_series(self, study_uid: str) -> list[Dataset]:
         return self._datasets(self._get_json(f"{self.qido}/studies/{study_uid}/series", {"includefield": ",".join(SERIES_FIELDS)}))
 

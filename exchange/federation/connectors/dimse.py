@@ -167,6 +167,9 @@ class DimseConnector(Connector):
             match["IssuerOfPatientID"] = issuer
         return self._find("STUDY", STUDY_KEYS, match, limit)
 
+    def holds_study(self, study_uid: str) -> bool:
+        return bool(self._find("STUDY", {}, {"StudyInstanceUID": study_uid}, limit=0))
+
     def find_series(self, study_uid: str) -> list[Dataset]:
         return self._find("SERIES", SERIES_KEYS, {"StudyInstanceUID": study_uid})
 

@@ -24,5 +24,6 @@ class Command(BaseCommand):
                 continue
             job = SyncJob.objects.get(pk=job.pk)
             self.stdout.write(f"{ep.pk} {ep.hospital.code} {ep.name}: job {job.pk} {job.status} · {job.studies_seen} studies "
-                              f"seen, {job.studies_created} new, {job.studies_updated} updated, {job.instances} images"
+                              f"seen, {job.studies_created} new, {job.studies_updated} updated, {job.studies_withdrawn} withdrawn, "
+                              f"{job.instances} images"
                               f"{' · ' + job.message if job.message else ''}")

@@ -132,3 +132,19 @@ def test_share_link_bearer_sees_one_study_only(world):
     bearer = policy.ShareLinkBearer(link=link, pin_verified=True)
     assert not policy.decide(bearer, world.patient, "treatment", study=world.study)
     assert not policy.visible_studies(bearer).exists()
+
+
+def test_a_study_withdrawn_by_its_archive_is_seen_by_nobody(world, settings):
+    from exchange.studies.models import Availability
+
+    settings.CONSENT_DEFAULT = "opt-out"
+    services.consent_grant(actor=world.actors["patient"], patient=world.patient, scope=Scope.NETWORK)
+    assert world.study.pk in agree(world.actors["clinician_source"])
+    Study.objects.filter(pk=world.study.pk).update(availability=Availability.WITHDRAWN)
+    for who, actor in world.actors.items():
+        assert world.study.pk not in agree(actor), who
+    study = Study.objects.get(pk=world.study.pk)
+    decision = policy.decide(world.actors["clinician_break_glass"], study.patient, policy.Purpose.TREATMENT, study=study)
+    assert not decision and "no longer holds" in decision.reason
+    # the patient's other studies are unaffected
+    assert world.study_c.pk in agree(world.actors["patient"])

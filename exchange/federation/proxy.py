@@ -30,6 +30,7 @@ Public functions (also for bench/federation.py):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from exchange.studies import storage
 from exchange.studies.dicomfile import Rejected, parse
 from exchange.studies.models import Availability, Instance
 
+log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 # File Meta Information is a few hundred bytes; a "Part 10 file" whose meta is longer is not one.
 MAX_META_BYTES = 64 * 1024
@@ -331,6 +333,8 @@ def _chain(head: list[bytes], body: Iterator[bytes]) -> Iterator[bytes]:
         getattr(body, "close", lambda: None)()
 
 
+_UNREACHABLE = {ErrorCode.DNS, ErrorCode.REFUSED, ErrorCode.TIMEOUT, ErrorCode.TLS, ErrorCode.AUTH, ErrorCode.CONFIG}
+
 # A series is fetched whole (one request) when at least this many of its instances are wanted
 # and not cached, and they are at least half of the series: fewer, and one request per
 # instance moves fewer bytes than the whole series would.
@@ -341,8 +345,8 @@ def _series_from_source(connector, endpoint, series, wanted: dict, chunk_size: i
     """Fetches of the ``wanted`` instances (SOP Instance UID -> Instance) of one series, from one
     WADO-RS Retrieve Series, in the order the archive sends them; each filled into the cache as
     it streams. A part that is not a wanted instance (one the index does not know, or one
-    already sent) is read past, never handed on. Instances the archive does not send are left in
-    ``wanted`` for the caller to fetch one by one."""
+    already sent) is read past, never handed on. The caller fetches the instances the archive
+    did not send one by one."""
     parts = connector.retrieve_series(series.study.study_instance_uid, series.series_instance_uid, chunk_size=chunk_size)
     try:
         for part in parts:
@@ -405,10 +409,20 @@ def _open_group(group: list, chunk_size: int, connector) -> Iterator[Fetch]:
     for instance in group:
         if instance not in pending:
             yield _open_one(instance, chunk_size, connector)
-    wanted = {i.sop_instance_uid: i for i in pending}
-    yield from _series_from_source(connector(endpoint), endpoint, series, wanted, chunk_size)
+    sent: set[str] = set()
+    try:
+        for fetch in _series_from_source(connector(endpoint), endpoint, series,
+                                         {i.sop_instance_uid: i for i in pending}, chunk_size):
+            sent.add(fetch.instance.sop_instance_uid)
+            yield fetch
+    except ConnectorError as exc:
+        # An archive that refuses the series request itself (an HTTP error, a malformed or empty
+        # answer) may still serve instances one by one; one that cannot be reached will not.
+        if sent or exc.code in _UNREACHABLE:
+            raise
+        log.info("series retrieve from endpoint %s failed (%s): one request per instance", endpoint.pk, exc.code)
     for instance in pending:
-        if instance.sop_instance_uid in wanted:  # not in the archive's series answer
+        if instance.sop_instance_uid not in sent:  # not in the archive's series answer
             yield _open_one(instance, chunk_size, connector)
 
 

@@ -363,8 +363,10 @@ class _ScriptedArchive:
     of the next, then closes); Retrieve Instance answers the file of that SOP Instance UID, or 404.
     Counts the requests of each kind."""
 
-    def __init__(self, files: dict[str, bytes], series_parts: list[bytes], drop_after: int | None = None):
+    def __init__(self, files: dict[str, bytes], series_parts: list[bytes], drop_after: int | None = None,
+                 series_status: int = 200):
         self.files, self.series_parts, self.drop_after = files, series_parts, drop_after
+        self.series_status = series_status
         self.requests = {"series": 0, "instance": 0}
         outer = self
 
@@ -385,6 +387,11 @@ class _ScriptedArchive:
                     parts, cut = [body], None
                 else:
                     parts, cut = outer.series_parts, outer.drop_after
+                    if outer.series_status != 200:
+                        self.send_response(outer.series_status)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 self.send_response(200)
                 self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=b0und')
                 self.send_header("Connection", "close")
@@ -464,6 +471,17 @@ def test_a_cold_series_comes_in_one_request_and_only_the_instances_the_index_kno
     assert parts[0] in body and not body.rstrip().endswith(b"--")
     assert [p.read_bytes() for p in cache_files(cache_dir) if p.suffix == ".dcm"] == [parts[0]]
     assert not [p for p in cache_files(cache_dir) if p.suffix == ".part"]
+
+    # an archive (or a gateway in front of it) that refuses series requests: one request per instance
+    cache.clear()
+    with _ScriptedArchive(files, [], series_status=501) as archive:
+        ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(wado_url=archive.url)
+        assert sorted(parts_of(client.get(url))) == sorted(files.values())
+        assert archive.requests == {"series": 1, "instance": 3}
+    cache.clear()
+    with _ScriptedArchive(files, []) as archive:  # only the first instance cached again
+        ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(wado_url=archive.url)
+        assert parts_of(client.get(url_of(first))) == [parts[0]]
 
     # warming the series (prefetch, metadata) asks once for what is not cached; the cached
     # instance is only touched

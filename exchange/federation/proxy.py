@@ -398,6 +398,9 @@ def open_instances(instances, *, chunk_size: int = CHUNK) -> Iterator[Fetch]:
 def _open_group(group: list, chunk_size: int, connector) -> Iterator[Fetch]:
     """open_instances for the instances of one series."""
     series = group[0].series
+    if moves_to_platform(group[0]):
+        yield from _open_moved_group(group, chunk_size, connector)
+        return
     pending = [i for i in group if is_remote(i) and not moves_to_platform(i) and not is_cached(i)]
     endpoint = series.study.source_endpoint
     whole = (endpoint is not None and len(pending) >= max(SERIES_MIN_INSTANCES, series.num_instances / 2)
@@ -424,6 +427,63 @@ def _open_group(group: list, chunk_size: int, connector) -> Iterator[Fetch]:
     for instance in pending:
         if instance.sop_instance_uid not in sent:  # not in the archive's series answer
             yield _open_one(instance, chunk_size, connector)
+
+
+def _open_moved_group(group: list, chunk_size: int, connector) -> Iterator[Fetch]:
+    """A series of a C-MOVE archive: the stored instances from storage, then, if enough are
+    not stored yet, one C-MOVE of the series and its instances from storage once it is done;
+    whatever the series move did not bring is moved one by one."""
+    series = group[0].series
+    pending = [i for i in group if is_remote(i)]
+    for instance in group:
+        if instance not in pending:
+            yield _open_one(instance, chunk_size, connector)
+    if len(pending) < max(SERIES_MIN_INSTANCES, series.num_instances / 2):
+        for instance in pending:
+            yield _open_one(instance, chunk_size, connector)
+        return
+    endpoint = _endpoint(pending[0])
+    arrived: set[int] = set()
+    for fetch in _moved_series(connector(endpoint), endpoint, series, pending, chunk_size):
+        arrived.add(fetch.instance.pk)
+        yield fetch
+    for instance in pending:
+        if instance.pk not in arrived:
+            yield _open_one(instance, chunk_size, connector)
+
+
+def _moved_series(connector, endpoint, series, pending: list, chunk_size: int) -> Iterator[Fetch]:
+    """C-MOVE of the series to the platform's SCP (PS3.4 C.4.2, SERIES level); after its final
+    response, each pending instance the ingest has adopted is handed on from storage (the SCP
+    commits before it answers each C-STORE, so normally all are there; the rest are waited for
+    up to the endpoint's timeout, as move_to_platform does). A failed move raises its
+    ConnectorError; a "success" with nothing arrived raises not_delivered. The index is read only
+    after the move: reading it while the SCP writes would compete with the ingest (and, on an
+    in-memory SQLite database, make its writes fail)."""
+    result = connector.move_series(series.study.study_instance_uid, series.series_instance_uid, instances=len(pending))
+    waiting = {i.pk: i for i in pending}
+    grace = float(endpoint.timeout or 30)
+    deadline = time.monotonic() + grace
+    sent = 0
+    while waiting:
+        for row in Instance.objects.filter(pk__in=list(waiting)).exclude(storage_key="").values("pk", *_STORED_FIELDS):
+            instance = waiting.pop(row.pop("pk"))
+            for name, value in row.items():
+                setattr(instance, name, value)
+            fetch = _local(instance, chunk_size)
+            fetch.fetched = True
+            sent += 1
+            yield fetch
+        if not waiting or (sent and result.completed is not None and sent >= result.completed):
+            return  # what the archive did not send: one by one, by the caller
+        if time.monotonic() >= deadline:
+            if sent:
+                return
+            from exchange.federation.connectors.move import not_delivered
+
+            raise not_delivered(f"The archive reported the C-MOVE of the series as done, but no instance arrived at the "
+                                f"platform within {grace:g} s.")
+        time.sleep(POLL_SECONDS)
 
 
 def _open_one(instance, chunk_size: int, connector) -> Fetch:

@@ -190,12 +190,20 @@ def test_instance_and_series_are_moved_to_the_platform_and_served_from_its_stora
     assert stored.filter(actor__username="dimse-cnty").exists()  # the archive acted as CNTY's DIMSE account
     assert any(f"{ARCHIVE_AE}@127.0.0.1 [CNTY]" in line for line in scp.lines)
 
-    # the whole series: each instance moved (the first one is already local)
+    # the whole series: the first instance from storage, the others by one C-MOVE of the series
+    # (one association from the archive for all of them)
+    associations = len(scp.lines)
     r = client.get(f"/dicomweb/studies/{study.study_instance_uid}/series/{series.series_instance_uid}")
     assert r.status_code == 200
     ordered = list(series.instances.order_by("instance_number", "id"))
     got = parts_of(r)
-    assert [dataset_bytes(p) for p in got] == [dataset_bytes(source_file(archive, i.sop_instance_uid)) for i in ordered]
+    assert dataset_bytes(got[0]) == dataset_bytes(source)
+    assert sorted(dataset_bytes(p) for p in got) == sorted(dataset_bytes(source_file(archive, i.sop_instance_uid))
+                                                          for i in ordered)
+    deadline = time.monotonic() + 5  # the summary line is written when the archive releases
+    while len(scp.lines) == associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len([line for line in scp.lines[associations:] if ARCHIVE_AE in line]) == 1
     assert all(i.storage_key for i in series.instances.all())
     # adopted into the synced rows: no second instance, the study's counts unchanged
     assert Instance.objects.count() == rows_before
@@ -292,6 +300,31 @@ def test_a_move_reported_done_but_never_arriving_fails_after_the_timeout(archive
     assert r.status_code == 502 and r.json()["code"] == "not_delivered"
     assert "did not arrive at the platform within 2 s" in r.json()["error"] and "dicom_scp" in r.json()["error"]
     assert nothing_written(settings, cache_dir, instance)
+
+
+def series_url(series) -> str:
+    return f"/dicomweb/studies/{series.study.study_instance_uid}/series/{series.series_instance_uid}"
+
+
+def test_a_series_move_that_cannot_reach_or_never_arrives_fails_clearly(archive, cnty, platform, cache_dir, settings,
+                                                                         scp_port, django_capture_on_commit_callbacks):
+    endpoint = onboard(cnty, archive, django_capture_on_commit_callbacks, timeout=2)
+    client = api(clinician(cnty))
+    series = max({i.series for i in remote_instances(cnty)}, key=lambda s: s.instances.count())
+    assert series.instances.count() >= 2
+
+    # nothing listens at the move destination: the series move fails, 502 within the timeout
+    started = time.monotonic()
+    r = client.get(series_url(series))
+    assert r.status_code == 502 and r.json()["code"] == "not_delivered", r.content
+    assert time.monotonic() - started < endpoint.timeout + 5
+    # the archive "sends" the series to a node that keeps nothing: 502 once the timeout has passed
+    with _SwallowingScp(scp_port) as elsewhere:
+        r = client.get(series_url(series))
+    assert elsewhere.received.is_set()
+    assert r.status_code == 502 and "no instance arrived at the platform within 2 s" in r.json()["error"]
+    for instance in series.instances.all():
+        assert nothing_written(settings, cache_dir, instance)
 
 
 def test_an_archive_that_does_not_know_the_platform_says_so(archive, cnty, platform, cache_dir, settings,

@@ -190,3 +190,9 @@ class DimseConnector(Connector):
         from exchange.federation.connectors.move import c_move_instance
 
         return c_move_instance(self, study_uid, series_uid, sop_instance_uid)
+
+    def move_series(self, study_uid: str, series_uid: str, *, instances: int):
+        """C-MOVE of a whole series to the platform's own SCP (SERIES level): see move.py."""
+        from exchange.federation.connectors.move import c_move_series
+
+        return c_move_series(self, study_uid, series_uid, instances=instances)

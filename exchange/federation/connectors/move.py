@@ -110,6 +110,25 @@ def c_move_instance(connector, study_uid: str, series_uid: str, sop_instance_uid
     with Move Destination = the platform's AE title. Returns after the final response; raises
     ConnectorError for a failure, a cancel, a 0xB000 warning with failed sub-operations, a
     success that matched nothing, or an archive that stops answering."""
+    return _c_move(connector, image_identifier(study_uid, series_uid, sop_instance_uid), instances=1)
+
+
+def c_move_series(connector, study_uid: str, series_uid: str, *, instances: int) -> MoveResult:
+    """C-MOVE of a whole series at SERIES level (PS3.4 C.4.2, C.6.2.1.2: Study and Series
+    Instance UID as unique keys): one association to the archive, and the archive opens one
+    back to the platform's SCP for all of the series' C-STORE sub-operations. ``instances``
+    (how many the index expects) only stretches the wait for responses. A 0xB000 warning with
+    some sub-operations completed is returned: the caller sees which instances arrived."""
+    from pydicom.dataset import Dataset
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = study_uid
+    identifier.SeriesInstanceUID = series_uid
+    return _c_move(connector, identifier, instances=instances)
+
+
+def _c_move(connector, identifier, *, instances: int) -> MoveResult:
     from pynetdicom import AE
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
@@ -117,19 +136,18 @@ def c_move_instance(connector, study_uid: str, series_uid: str, sop_instance_uid
     ae = AE(ae_title=connector.calling)
     ae.acse_timeout = ae.network_timeout = connector.timeout
     ae.connection_timeout = connector.timeout
-    # The final response comes only after every sub-operation: the archive may take a while
-    # per instance, but it sends nothing meanwhile for a single-instance move.
-    ae.dimse_timeout = connector.timeout
+    # The final response comes only after every sub-operation. Archives may send a pending
+    # response per sub-operation, or nothing until the end: allow for a second per instance.
+    ae.dimse_timeout = connector.timeout + max(0, instances - 1)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = connector._associate(ae=ae)
     if not any(cx.abstract_syntax == StudyRootQueryRetrieveInformationModelMove for cx in assoc.accepted_contexts):
         assoc.release()
         raise ConnectorError(ErrorCode.CONFIG, "The archive does not accept Study Root C-MOVE requests from the "
                              "platform (presentation context rejected): allow it, or choose C-GET as retrieve method.")
-    query = image_identifier(study_uid, series_uid, sop_instance_uid)
     final = None
     try:
-        for status, _identifier in assoc.send_c_move(query, move_destination().ae_title,
+        for status, _identifier in assoc.send_c_move(identifier, move_destination().ae_title,
                                                      StudyRootQueryRetrieveInformationModelMove):
             if status is None or "Status" not in status:
                 raise ConnectorError(ErrorCode.TIMEOUT, f"The archive stopped answering the C-MOVE (no response within "

@@ -259,13 +259,35 @@ def test_cache_stays_under_its_limit_and_evicts_the_least_recently_used(archives
     assert parts_of(client.get(url_of(four[1]))) == [source_file(archives["PPH"], four[1].sop_instance_uid)]
 
 
-class _FaultyArchive:
-    """A tiny DICOMweb 'archive' on a loopback port: ``half`` sends the multipart header and half of
-    ``payload``, then closes the connection; ``hang`` accepts and never answers."""
+class _LoopbackArchive:
+    """A DICOMweb 'archive' answered by a request handler class on a loopback port, in a thread."""
+
+    def _listen(self, handler) -> None:
+        self.release = threading.Event()
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", free_port()), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _FaultyArchive(_LoopbackArchive):
+    """``half`` sends the multipart header and half of ``payload``, then closes the connection;
+    ``hang`` accepts and never answers."""
 
     def __init__(self, mode: str, payload: bytes = b""):
         self.mode, self.payload, self.requests = mode, payload, 0
-        self.release = threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -285,22 +307,7 @@ class _FaultyArchive:
             def log_message(self, *args):
                 pass
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._listen(Handler)
 
 
 def test_archive_dropping_mid_transfer_or_down_or_hanging_leaves_no_cache_entry(
@@ -357,8 +364,8 @@ def test_archive_dropping_mid_transfer_or_down_or_hanging_leaves_no_cache_entry(
     assert cache.usage()[0] == 1
 
 
-class _ScriptedArchive:
-    """A DICOMweb 'archive' on a loopback port serving given Part 10 files: Retrieve Series answers
+class _ScriptedArchive(_LoopbackArchive):
+    """Serves given Part 10 files: Retrieve Series answers
     ``series_parts`` in that order (and, with ``drop_after`` = k, only the first k whole, then half
     of the next, then closes); Retrieve Instance answers the file of that SOP Instance UID, or 404.
     Counts the requests of each kind."""
@@ -410,17 +417,7 @@ class _ScriptedArchive:
             def log_message(self, *args):
                 pass
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    url = _FaultyArchive.url
-    __exit__ = _FaultyArchive.__exit__
-
-    def __enter__(self):
-        self.release = threading.Event()
-        self.thread.start()
-        return self
+        self._listen(Handler)
 
 
 def with_other_uid(part10: bytes, uid: str) -> bytes:

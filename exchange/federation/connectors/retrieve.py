@@ -77,19 +77,17 @@ def multipart_parts(response, *, chunk_size: int, timeout: float) -> Iterator[It
         if media != "multipart/related":
             raise ConnectorError(ErrorCode.PROTOCOL, f"The archive answered the retrieve with '{media or 'no content type'}', "
                                  "not multipart/related (PS3.18 §8.6.1.2).")
-        reader = MultipartReader(stream, params.get("boundary", ""), chunk_size=chunk_size)
+        try:
+            reader = MultipartReader(stream, params.get("boundary", ""), chunk_size=chunk_size)
+        except MultipartError:
+            raise ConnectorError(ErrorCode.PROTOCOL, "The archive's multipart answer has no valid boundary "
+                                 "(PS3.18 §8.6.1.2).") from None
+        # Reading the body (the parts' headers here, their chunks by the caller) is what can fail.
         for part in _translated(reader.parts(), timeout):
             part_type, _ = parse_content_type(part.content_type)
             if part_type not in ("", "application/dicom"):
                 raise ConnectorError(ErrorCode.PROTOCOL, f"The archive sent a '{part_type}' part, not application/dicom.")
             yield _translated(part.chunks(), timeout)
-    except ConnectorError:
-        raise
-    except MultipartError:
-        raise ConnectorError(ErrorCode.PROTOCOL, "The archive's answer is not a well-formed multipart body; "
-                             "nothing was kept.") from None
-    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-        raise _dropped(exc, timeout) from None
     finally:
         response.close()
 

@@ -142,16 +142,17 @@ def _rows(actor, level: str, match: dict, limit: int) -> list[dict]:
     if level == "PATIENT":
         return _patients(visible, match, limit)
     if level == "STUDY":
-        studies = visible.filter(query.study_filter(match)).distinct().order_by("-study_date", "-id")
+        # No DISTINCT: the filters join only along foreign keys (one study per row), as in QIDO-RS.
+        studies = visible.filter(query.study_filter(match)).order_by("-study_date", "-id")
         return [_study_attrs(s) for s in studies[: limit + 1]]
     if level == "SERIES":
         cond = query.study_filter(match, "study__") & query.series_filter(match)
-        series = (Series.objects.filter(study__in=visible).filter(cond).select_related("study").distinct()
+        series = (Series.objects.filter(study__in=visible).filter(cond).select_related("study")
                   .order_by("study_id", "series_number", "id"))
         return [_series_attrs(s) for s in series[: limit + 1]]
     cond = query.study_filter(match, "series__study__") & query.series_filter(match, "series__") & query.instance_filter(match)
     instances = (Instance.objects.filter(series__study__in=visible).filter(cond).select_related("series__study")
-                 .distinct().order_by("series_id", "instance_number", "id"))
+                 .order_by("series_id", "instance_number", "id"))
     return [_instance_attrs(i) for i in instances[: limit + 1]]
 
 

@@ -347,7 +347,8 @@ def _series_from_source(connector, endpoint, series, wanted: dict, chunk_size: i
     it streams. A part that is not a wanted instance (one the index does not know, or one
     already sent) is read past, never handed on. The caller fetches the instances the archive
     did not send one by one."""
-    parts = connector.retrieve_series(series.study.study_instance_uid, series.series_instance_uid, chunk_size=chunk_size)
+    parts = connector.retrieve_series(series.study.study_instance_uid, series.series_instance_uid, chunk_size=chunk_size,
+                                      sop_classes=sorted({i.sop_class_uid for i in wanted.values() if i.sop_class_uid}))
     try:
         for part in parts:
             ts, sop_uid, head = _peek(part)

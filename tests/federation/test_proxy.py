@@ -169,17 +169,34 @@ def proxy_order(study, series=None):
     return list(qs.order_by("series__series_number", "series__id", "instance_number", "id"))
 
 
-def test_dimse_only_archive_through_c_get(archives, hospitals, cache_dir, django_capture_on_commit_callbacks):
+def test_dimse_only_archive_through_c_get(archives, hospitals, cache_dir, monkeypatch,
+                                         django_capture_on_commit_callbacks):
+    from exchange.federation.connectors.dimse import DimseConnector
+
     endpoint = onboard(hospitals["CNTY"], archives["CNTY"], django_capture_on_commit_callbacks, kind="dimse")
     client = api(clinician(hospitals["CNTY"]))
     instances = remote_instances(hospitals["CNTY"])
     assert instances
-    study = instances[0].series.study
+    study = max({i.series for i in instances}, key=lambda s: s.instances.count()).study
+    calls = {"instance": 0, "series": 0}
+    for kind in calls:
+        original = getattr(DimseConnector, f"retrieve_{kind}")
+
+        def counted(self, *args, _kind=kind, _original=original, **kwargs):
+            calls[_kind] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(DimseConnector, f"retrieve_{kind}", counted)
     r = client.get(f"/dicomweb/studies/{study.study_instance_uid}")
     assert r.status_code == 200
     got = parts_of(r)
+    # one C-GET per series of two or more instances (SERIES level), one per single instance
+    sizes = [s.instances.count() for s in study.series.all()]
+    assert max(sizes) >= 2 and calls == {"series": sum(n >= 2 for n in sizes), "instance": sum(n < 2 for n in sizes)}
+    uid_of = {bytes(pydicom.dcmread(io.BytesIO(p), stop_before_pixels=True).SOPInstanceUID.encode()): p for p in got}
+    got = [uid_of[i.sop_instance_uid.encode()] for i in proxy_order(study)]
     expected = [source_file(archives["CNTY"], i.sop_instance_uid) for i in proxy_order(study)]
-    assert len(got) == len(expected)
+    assert len(got) == len(expected) == len(uid_of)
     for mine, theirs in zip(got, expected):
         # A C-STORE carries the data set without File Meta (PS3.7 §9.1.1): the meta is rebuilt
         # from the presentation context; the data set itself is the archive's, byte for byte.
@@ -189,7 +206,8 @@ def test_dimse_only_archive_through_c_get(archives, hospitals, cache_dir, django
     # second view from the cache: the archive's port now points nowhere
     ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(port=free_port())
     r = client.get(f"/dicomweb/studies/{study.study_instance_uid}")
-    assert parts_of(r) == got
+    assert sorted(parts_of(r)) == sorted(got)
+    assert not [p for p in cache_files(cache_dir) if p.suffix in (".part", ".get")]
 
 
 def test_rendered_frames_and_metadata_of_a_remote_instance(archives, hospitals, cache_dir,
@@ -488,6 +506,43 @@ def test_a_cold_series_comes_in_one_request_and_only_the_instances_the_index_kno
         assert archive.requests == {"series": 1, "instance": 0}
     assert (warmed.fetched, warmed.there, warmed.bytes) == (2, 1, len(parts[1]) + len(parts[2]))
     assert sorted(p.read_bytes() for p in cache_files(cache_dir) if p.suffix == ".dcm") == sorted(parts)
+
+
+def test_a_dimse_archive_that_aborts_mid_series_leaves_only_whole_instances(
+        archives, hospitals, cache_dir, django_capture_on_commit_callbacks):
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    endpoint = onboard(hospitals["CNTY"], archives["CNTY"], django_capture_on_commit_callbacks, kind="dimse")
+    client = api(clinician(hospitals["CNTY"]))
+    series = max({i.series for i in remote_instances(hospitals["CNTY"])}, key=lambda s: s.instances.count())
+    ordered = remote_instances(hospitals["CNTY"], series=series)
+    assert len(ordered) >= 3
+    files = [source_file(archives["CNTY"], i.sop_instance_uid) for i in ordered]
+
+    def handle_get(event):  # a C-GET SCP that sends the first instance, then aborts
+        yield len(files)
+        yield 0xFF00, pydicom.dcmread(io.BytesIO(files[0]))
+        event.assoc.abort()
+
+    ae = AE(ae_title="CNTY_PACS")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, handle_get)])
+    try:
+        ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(port=port, timeout=5)
+        r = client.get(f"/dicomweb/studies/{series.study.study_instance_uid}/series/{series.series_instance_uid}")
+        assert r.status_code == 200
+        body = body_of(r)
+    finally:
+        server.shutdown()
+    # the first instance went out whole; then the body ends without its closing delimiter
+    assert dataset_bytes(files[0]) in body and not body.rstrip().endswith(b"--")
+    entries = [p for p in cache_files(cache_dir) if p.suffix == ".dcm"]
+    assert [dataset_bytes(p.read_bytes()) for p in entries] == [dataset_bytes(files[0])]
+    assert not [p for p in cache_files(cache_dir) if p.suffix in (".part", ".get")]
 
 
 def test_consent_applies_before_anything_is_fetched(archives, hospitals, cache_dir, settings, monkeypatch,

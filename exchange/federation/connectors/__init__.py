@@ -107,10 +107,12 @@ class Connector:
     # Can the connector bring a whole series in one request (retrieve_series)?
     retrieves_series = False
 
-    def retrieve_series(self, study_uid: str, series_uid: str, *, chunk_size: int = 256 * 1024) -> Iterator[Iterator[bytes]]:
+    def retrieve_series(self, study_uid: str, series_uid: str, *, sop_classes: list[str] = (),
+                        chunk_size: int = 256 * 1024) -> Iterator[Iterator[bytes]]:
         """Every instance of one series, one Part 10 file after the other in the order the archive
-        sends them, each as an iterator of chunks to read before the next is asked for. Failures
-        as in retrieve_instance."""
+        sends them, each as an iterator of chunks to read before the next is asked for.
+        ``sop_classes``: the storage SOP classes the index knows in the series (C-GET offers
+        them). Failures as in retrieve_instance."""
         raise NotImplementedError  # pragma: no cover
 
 

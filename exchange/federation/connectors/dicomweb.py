@@ -168,7 +168,8 @@ class DicomwebConnector(Connector):
 
     retrieves_series = True
 
-    def retrieve_series(self, study_uid: str, series_uid: str, *, chunk_size: int = 256 * 1024):
+    def retrieve_series(self, study_uid: str, series_uid: str, *, sop_classes: list[str] = (),
+                        chunk_size: int = 256 * 1024):
         """WADO-RS Retrieve Series (PS3.18 §10.4.1.1.1, …/studies/{study}/series/{series}) in the
         archive's own transfer syntax: one request for the whole series instead of one per
         instance (the retrieve proxy's cold path). Parts are handed on as they arrive."""

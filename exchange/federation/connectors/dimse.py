@@ -184,6 +184,15 @@ class DimseConnector(Connector):
         return c_get_instance(self, study_uid, series_uid, sop_instance_uid, sop_class_uid=sop_class_uid,
                               chunk_size=chunk_size)
 
+    retrieves_series = True
+
+    def retrieve_series(self, study_uid: str, series_uid: str, *, sop_classes: list[str] = (),
+                        chunk_size: int = 256 * 1024):
+        """C-GET of a whole series (PS3.4 C.4.3, SERIES level): see retrieve.py."""
+        from exchange.federation.connectors.retrieve import c_get_series
+
+        return c_get_series(self, study_uid, series_uid, sop_classes=list(sop_classes), chunk_size=chunk_size)
+
     def move_instance(self, study_uid: str, series_uid: str, sop_instance_uid: str):
         """C-MOVE of one instance to the platform's own SCP (PS3.4 C.4.2): see
         exchange/federation/connectors/move.py. Returns the final response (MoveResult)."""

@@ -13,6 +13,7 @@ Every failure is a ConnectorError; none carries patient data (UIDs and host name
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -162,12 +163,13 @@ def _discard_partial(assoc) -> None:
             pass
 
 
-def c_get_instance(connector, study_uid: str, series_uid: str, sop_instance_uid: str, *, sop_class_uid: str = "",
-                   chunk_size: int = 256 * 1024, spool_dir: str | None = None) -> Iterator[bytes]:
-    """C-GET of one instance at IMAGE level in the Study Root model (PS3.4 C.4.3, C.6.2.1.2),
-    the platform taking the SCP role of the storage SOP class (PS3.7 §D.3.3.4 role selection).
-    Returns the received Part 10 file's chunks; raises ConnectorError before that if nothing
-    (valid) arrived."""
+def _c_get(connector, query, classes: list[str], accept, spool_dir: str | None, final: list) -> Iterator[str]:
+    """C-GET (PS3.4 C.4.3) in the Study Root model, the platform taking the SCP role of the
+    storage SOP classes (PS3.7 §D.3.3.4 role selection). Yields the path of each instance the
+    archive sends (a temporary file; the caller removes it) as soon as its C-STORE sub-operation
+    arrived, i.e. between the archive's responses; ``accept(sop_instance_uid)`` refuses the
+    others (status 0xA900). ``final`` receives the final status. Files not handed out are
+    removed, also when the caller stops early (the association is then aborted)."""
     from pynetdicom import AE, _config, build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
@@ -179,60 +181,121 @@ def c_get_instance(connector, study_uid: str, series_uid: str, sop_instance_uid:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = connector.timeout
     ae.connection_timeout = connector.timeout
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    classes = [sop_class_uid] if sop_class_uid else FALLBACK_SOP_CLASSES
     roles = []
-    for sop_class in classes:
+    for sop_class in classes or FALLBACK_SOP_CLASSES:
         for syntax in retrieve_syntaxes():
             if len(ae.requested_contexts) < 128:  # PS3.8 §9.3.2.2: at most 128 presentation contexts
                 ae.add_requested_context(sop_class, [syntax])
         roles.append(build_role(sop_class, scp_role=True))
 
-    received: dict[str, str] = {}
+    arrived: list[str] = []
     spool = spool_dir or tempfile.gettempdir()
 
-    def on_store(event):
+    def on_store(event):  # runs inside send_c_get's iteration, in this thread
         request = event.request
         path = event.dataset_path
         partial = getattr(request, "_dataset_file", None)
         if partial is not None:
             partial.close()
         try:
-            if str(request.AffectedSOPInstanceUID) != sop_instance_uid or "path" in received:
+            if not accept(str(request.AffectedSOPInstanceUID)):
                 return 0xA900  # Data Set does not match SOP Class: not what was asked for
             fd, target = tempfile.mkstemp(dir=spool, suffix=".get")
             os.close(fd)
             shutil.move(str(path), target)
-            received["path"] = target
+            arrived.append(target)
             return 0x0000
         finally:
             if os.path.exists(path):  # refused, or the move failed (disk full): leave nothing behind
                 os.unlink(path)
 
     assoc = connector._associate(ae=ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    query = image_identifier(study_uid, series_uid, sop_instance_uid)
-    last = None
     try:
         for status, _identifier in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
             if status is None or "Status" not in status:
                 raise ConnectorError(ErrorCode.TIMEOUT, "The archive stopped answering the C-GET (timeout or abort); "
-                                     "nothing was kept.")
+                                     "nothing more was kept.")
             last = status.Status
+            while arrived:
+                yield arrived.pop(0)
             if last in GET_PENDING:
                 continue
             if last in (GET_SUCCESS, GET_WARNING, GET_CANCEL):
+                final.append(last)
                 break
             raise ConnectorError(ErrorCode.PROTOCOL, f"C-GET failed with status 0x{last:04X}.")
+        while arrived:
+            yield arrived.pop(0)
     except BaseException:
         _discard_partial(assoc)
-        if "path" in received:
-            os.unlink(received.pop("path"))
         if assoc.is_established:
             assoc.abort()
         raise
+    finally:
+        for path in arrived:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     if assoc.is_established:
         assoc.release()
-    if "path" not in received:
+
+
+def c_get_instance(connector, study_uid: str, series_uid: str, sop_instance_uid: str, *, sop_class_uid: str = "",
+                   chunk_size: int = 256 * 1024, spool_dir: str | None = None) -> Iterator[bytes]:
+    """C-GET of one instance at IMAGE level (PS3.4 C.4.3, C.6.2.1.2). Returns the received Part 10
+    file's chunks; raises ConnectorError before that if nothing (valid) arrived."""
+    got: set[str] = set()
+
+    def accept(uid: str) -> bool:
+        if uid != sop_instance_uid or got:
+            return False
+        got.add(uid)
+        return True
+
+    final: list = []
+    paths: list[str] = []
+    try:
+        for path in _c_get(connector, image_identifier(study_uid, series_uid, sop_instance_uid),
+                           [sop_class_uid] if sop_class_uid else [], accept, spool_dir, final):
+            paths.append(path)
+    except BaseException:
+        for path in paths:  # arrived, but the C-GET then failed: nothing is kept
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
+    if not paths:
         raise ConnectorError(ErrorCode.NOT_FOUND, "The archive sent nothing for this instance "
-                             f"(C-GET status 0x{(last or 0):04X}): it no longer holds it, or cannot send it "
-                             "in any offered transfer syntax.")
-    return _file_chunks(received["path"], chunk_size)
+                             f"(C-GET status 0x{(final[0] if final else 0):04X}): it no longer holds it, or cannot "
+                             "send it in any offered transfer syntax.")
+    return _file_chunks(paths[0], chunk_size)
+
+
+def c_get_series(connector, study_uid: str, series_uid: str, *, sop_classes: list[str], chunk_size: int = 256 * 1024,
+                 spool_dir: str | None = None) -> Iterator[Iterator[bytes]]:
+    """C-GET of a whole series at SERIES level (PS3.4 C.4.3, C.6.2.1.2): one association, the
+    archive's C-STORE sub-operations on it. Each instance is handed on (its Part 10 file's
+    chunks) as soon as it arrived; read it before asking for the next."""
+    from pydicom.dataset import Dataset
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = study_uid
+    identifier.SeriesInstanceUID = series_uid
+    seen: set[str] = set()
+
+    def accept(uid: str) -> bool:  # each instance once
+        if uid in seen:
+            return False
+        seen.add(uid)
+        return True
+
+    given: list[str] = []
+    paths = _c_get(connector, identifier, sop_classes, accept, spool_dir, [])
+    try:
+        for path in paths:
+            given.append(path)
+            yield _file_chunks(path, chunk_size)
+    finally:
+        paths.close()
+        for path in given:  # a part the caller left unread
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

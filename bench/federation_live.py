@@ -14,6 +14,8 @@ delaying TCP relay, CNTY: DIMSE only), it measures:
    Orthanc, retrieved as a whole study by WADO-RS through the platform (gunicorn) with an empty
    cache (cold), again (cached), and straight from Orthanc's own WADO-RS, --proxy-runs times each,
    interleaved: time to first byte and MB/s. Target (issue #6): cached >= 80 % of Orthanc direct.
+   The same CT is also held by CNTY's Orthanc (DIMSE only): "cold, C-GET" retrieves it through
+   the platform as CNTY's clinician, which the proxy fetches by C-GET.
 
     .venv/bin/python bench/federation_live.py [--runs 20] [--proxy-runs 3] [--ct-slices 300] [--json out.json]
 
@@ -128,6 +130,8 @@ def build_archives(work: Path, ct_slices: int, ct_size: int):
     log(f"writing the {big.n_instances}-instance CT ({ct_size}x{ct_size})")
     paths = write_study(big, work / "files" / "big", seed=seed, ct_size=ct_size)
     servers["PPH"].upload(paths)
+    # The same CT also at CNTY, reached over DIMSE only: the proxy's C-GET path.
+    servers["CNTY"].upload(paths)
     size = sum(p.stat().st_size for p in paths)
     shutil.rmtree(work / "files", ignore_errors=True)
     return province, servers, big, size
@@ -160,6 +164,7 @@ def onboard(servers, relay: DelayRelay):
         endpoint_go_live(endpoint=endpoint)
         assert endpoint.status == EndpointStatus.LIVE
     clinician = account_create(username="bench_dr_pph", role="clinician", password=PASSWORD, hospital=hospitals["PPH"])
+    account_create(username="bench_dr_cnty", role="clinician", password=PASSWORD, hospital=hospitals["CNTY"])
     log(f"indexed {Study.objects.count()} studies")
     return hospitals, endpoints, clinician
 
@@ -216,20 +221,24 @@ def timed_get(url: str, headers: dict, auth=None) -> dict:
     return {"ttfb_ms": (first - t0) * 1000, "seconds": wall, "bytes": size, "mb_s": size / wall / 1e6}
 
 
-def measure_proxy(platform: Platform, token: str, server, big, runs: int) -> list[dict]:
+def measure_proxy(platform: Platform, token: str, server, big, runs: int, dimse_token: str) -> list[dict]:
     from exchange.federation import cache
 
     platform_url = f"{platform.url}/dicomweb/studies/{big.study_uid}"
     direct_url = f"{server.dicomweb}/studies/{big.study_uid}"
     ours = {"Accept": ACCEPT_DICOM, "Authorization": f"Token {token}"}
+    dimse = {"Accept": ACCEPT_DICOM, "Authorization": f"Token {dimse_token}"}  # CNTY's clinician: CNTY's copy
     theirs = {"Accept": ACCEPT_DICOM}
     timed_get(direct_url, theirs, server.auth)  # Orthanc's own caches warm for every mode alike
-    results: dict[str, list[dict]] = {"platform, cold cache": [], "platform, cached": [], "Orthanc direct": []}
+    results: dict[str, list[dict]] = {"platform, cold cache": [], "platform, cached": [], "Orthanc direct": [],
+                                      "platform, cold, C-GET": []}
     for i in range(runs):
         cache.clear()
         results["platform, cold cache"].append(timed_get(platform_url, ours))
         results["platform, cached"].append(timed_get(platform_url, ours))
         results["Orthanc direct"].append(timed_get(direct_url, theirs, server.auth))
+        cache.clear()
+        results["platform, cold, C-GET"].append(timed_get(platform_url, dimse))
         log(f"proxy run {i + 1}: " + ", ".join(f"{k} {v[-1]['mb_s']:.0f} MB/s" for k, v in results.items()))
     rows = []
     for label, runs_ in results.items():
@@ -302,10 +311,13 @@ def main() -> int:
         from rest_framework.authtoken.models import Token
 
         token = Token.objects.get_or_create(user=clinician)[0].key
+        from django.contrib.auth import get_user_model
+
+        dimse_token = Token.objects.get_or_create(user=get_user_model().objects.get(username="bench_dr_cnty"))[0].key
         fanout = measure_fanout(province, hospitals, clinician, relay, args.runs, args.slow, args.timeout)
         connection.close()
         platform.start()
-        proxy = measure_proxy(platform, token, servers["PPH"], big, args.proxy_runs)
+        proxy = measure_proxy(platform, token, servers["PPH"], big, args.proxy_runs, dimse_token)
         print_report(info, args, fanout, proxy, ct_bytes, big.n_instances)
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "fanout": fanout, "proxy": proxy,

@@ -195,6 +195,10 @@ FEDERATION_SYNC_EPOCH = env_str("FEDERATION_SYNC_EPOCH") or "19800101"
 FEDERATION_SYNC_STALE_SECONDS = env_int("FEDERATION_SYNC_STALE_SECONDS", 900)
 FEDERATION_RETRY_BASE_SECONDS = env_int("FEDERATION_RETRY_BASE_SECONDS", 30)
 FEDERATION_SYNC_INTERVAL = env_int("FEDERATION_SYNC_INTERVAL", 900)
+# A search refresh does not ask an archive that just did not answer: for this many seconds,
+# doubling with each further failure up to the maximum (exchange/federation/search.py).
+FEDERATION_SEARCH_BACKOFF_SECONDS = env_int("FEDERATION_SEARCH_BACKOFF_SECONDS", 30)
+FEDERATION_SEARCH_BACKOFF_MAX_SECONDS = env_int("FEDERATION_SEARCH_BACKOFF_MAX_SECONDS", 600)
 # --- Federation: retrieve proxy cache and prefetch of priors (exchange/federation/proxy.py) ---
 # Where instances fetched from hospital archives are cached; empty: <EXCHANGE_STORAGE_DIR>/proxy-cache.
 EXCHANGE_PROXY_CACHE_DIR = env_str("EXCHANGE_PROXY_CACHE_DIR") or ""

@@ -118,6 +118,11 @@ class ArchiveEndpoint(models.Model):
     # that day, since studies dated "today" keep arriving). Advanced only after a whole window.
     sync_watermark = models.DateField(null=True, blank=True)
     last_sync_at = models.DateTimeField(null=True, blank=True)
+    # Interactive searches back off from an archive that did not answer (exchange/federation/
+    # search.py): consecutive failures, and until when a refresh does not ask it. Kept here, not
+    # in a process, so every worker backs off alike.
+    search_failures = models.PositiveIntegerField(default=0)
+    search_retry_after = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

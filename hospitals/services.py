@@ -117,6 +117,8 @@ def endpoint_test(endpoint: ArchiveEndpoint, *, actor=None):
     updates = {"last_test_at": timezone.now(), "last_test_ok": result.ok, "last_test_result": result.message[:500]}
     if result.ok and endpoint.status in (EndpointStatus.DRAFT, EndpointStatus.FAILED):
         updates["status"] = EndpointStatus.TESTING
+    if result.ok:  # searches stop backing off from an archive its admin has just reached
+        updates.update(search_failures=0, search_retry_after=None)
     with transaction.atomic():
         ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(**updates)
         record(Event.ADMIN_CHANGE, actor, details={"action": "endpoint_test", "endpoint": endpoint.pk, "ok": result.ok,

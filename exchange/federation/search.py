@@ -21,6 +21,11 @@ archives asked and how each fared (no identifiers: the event names the patient b
 The answer says, per archive: answered (live now), did not answer within its deadline, failed
 (the connector's error kind, never a host name or patient data), or skipped (not live, not
 asked); and for anything not live, the time of the index it comes from (the archive's last sync).
+
+An archive that timed out or failed in a way that may pass is not asked by the next refreshes for
+a while (``_back_off``: 30 s doubling to 10 min, on the endpoint row so all workers agree): one
+dead archive must not cost every clinician's search its whole deadline. It is "skipped" with the
+reason until then, and asked at once again after it answers, syncs or passes a connection test.
 """
 
 from __future__ import annotations
@@ -31,17 +36,18 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models, transaction
+from django.db.models import F
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
 from audit import record
 from audit.models import Event, Outcome
 from consent import policy
-from exchange.federation.connectors import Connector, ConnectorError, ErrorCode, connector_for
+from exchange.federation.connectors import TRANSIENT, Connector, ConnectorError, ErrorCode, connector_for
 from exchange.federation.sync import RemoteStudy, WindowCounts, index_study, read_study
 from exchange.mpi.models import Patient, PatientIdentifier
 from exchange.mpi.selectors import patient_may_see
@@ -310,6 +316,9 @@ def _plan(patient: Patient, refresh: bool, cap: float) -> tuple[list[ArchiveStat
             status.message = "not refreshed"
         elif endpoint.status != EndpointStatus.LIVE:
             status.message = f"not live ({endpoint.get_status_display().lower()})"
+        elif endpoint.search_retry_after is not None and endpoint.search_retry_after > timezone.now():
+            status.message = (f"not asked: it did not answer the last {endpoint.search_failures} time(s); asked again "
+                              f"from {timezone.localtime(endpoint.search_retry_after):%H:%M:%S}")
         elif not ids:
             status.message = "no local id of the patient at this hospital"
         else:
@@ -394,6 +403,27 @@ def _index(actor, job: _Job) -> None:
     status.created, status.updated = counts.created, counts.updated
 
 
+def _back_off(jobs: list[_Job]) -> None:
+    """Remember on each endpoint row how its archive fared: an archive that timed out or failed
+    in a way that may pass (refused, DNS, 5xx, garbage) is not asked by the next refreshes for
+    FEDERATION_SEARCH_BACKOFF_SECONDS × 2^(failures − 1), at most FEDERATION_SEARCH_BACKOFF_MAX_SECONDS,
+    so one dead archive does not cost every clinician's search its whole deadline; one that
+    answered is asked again at once. A successful sync or connection test also resets it."""
+    base = float(getattr(settings, "FEDERATION_SEARCH_BACKOFF_SECONDS", 30))
+    ceiling = float(getattr(settings, "FEDERATION_SEARCH_BACKOFF_MAX_SECONDS", 600))
+    now = timezone.now()
+    for job in jobs:
+        status, endpoint = job.status, job.endpoint
+        if status.status == ArchiveState.ANSWERED:
+            if endpoint.search_failures or endpoint.search_retry_after:
+                ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(search_failures=0, search_retry_after=None)
+        elif status.status == ArchiveState.TIMEOUT or (status.status == ArchiveState.FAILED and status.code in TRANSIENT):
+            failures = endpoint.search_failures + 1
+            wait = min(ceiling, base * 2 ** min(failures - 1, 20))
+            ArchiveEndpoint.objects.filter(pk=endpoint.pk).update(
+                search_failures=F("search_failures") + 1, search_retry_after=now + timedelta(seconds=wait))
+
+
 def federated_search(actor, patient: Patient, *, refresh: bool = False, timeout: float | None = None,
                      channel: str = "api", details: dict | None = None) -> FederatedResult:
     """The studies of ``patient`` that ``actor`` may see, from the central index; with
@@ -418,6 +448,7 @@ def federated_search(actor, patient: Patient, *, refresh: bool = False, timeout:
     statuses, jobs = _plan(patient, refresh, cap)
     if jobs:
         _collect(jobs, int(getattr(settings, "FEDERATION_QIDO_PAGE", 200)), started)
+        _back_off(jobs)
         for job in jobs:
             if job.answer is not None and job.status.live:
                 _index(actor, job)

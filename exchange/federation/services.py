@@ -54,3 +54,5 @@ def sync_job_finish(job_id: int, *, failed: bool = False, message: str = "") -> 
     job = SyncJob.objects.get(pk=job_id)
     SyncJob.objects.filter(pk=job_id).update(**fields)
     ArchiveEndpoint.objects.filter(pk=job.endpoint_id).update(last_sync_at=now)
+    if not failed:  # the archive answers again: searches stop backing off from it
+        ArchiveEndpoint.objects.filter(pk=job.endpoint_id).update(search_failures=0, search_retry_after=None)

@@ -320,6 +320,31 @@ def test_one_archive_hanging_the_search_returns_within_its_timeout_with_the_othe
     query = AuditEvent.objects.filter(event=Event.QUERY, details__action="federated_search").get()
     assert {(a["endpoint"], a["status"]) for a in query.details["archives"]} >= {(slow.pk, "timeout")}
 
+    # and the next refreshes back off from it (state on its row, shared by every worker): not
+    # asked for 30 s, the others are, and the search does not wait for it
+    slow.refresh_from_db()
+    assert slow.search_failures == 1
+    assert 25 < (slow.search_retry_after - timezone.now()).total_seconds() <= 30
+    asked = len(hanging.conns)
+    started = time.monotonic()
+    again = by_name(federated_search(fed.clinician, fed.patient, refresh=True, timeout=timeout))
+    assert time.monotonic() - started < timeout / 2 and len(hanging.conns) == asked
+    assert again[("PPH", "Old PACS")].status == ArchiveState.SKIPPED
+    assert again[("PPH", "Old PACS")].summary.startswith("not asked: it did not answer the last 1 time(s); asked again from")
+    assert again[("PPH", "PACS")].status == ArchiveState.ANSWERED
+    # once the wait is over it is asked again; a second failure doubles the wait
+    ArchiveEndpoint.objects.filter(pk=slow.pk).update(search_retry_after=timezone.now())
+    assert by_name(federated_search(fed.clinician, fed.patient, refresh=True, timeout=timeout))[
+        ("PPH", "Old PACS")].status == ArchiveState.TIMEOUT
+    slow.refresh_from_db()
+    assert slow.search_failures == 2 and 55 < (slow.search_retry_after - timezone.now()).total_seconds() <= 60
+    # an archive that answers is reset at once (here: the successful sync of it)
+    from exchange.federation.services import sync_job_create, sync_job_finish
+
+    sync_job_finish(sync_job_create(endpoint=slow, trigger="operator").pk)
+    slow.refresh_from_db()
+    assert (slow.search_failures, slow.search_retry_after) == (0, None)
+
 
 def test_garbage_and_refused_archives_fail_clearly_the_others_answer(fed, garbage):
     consent_network(fed)

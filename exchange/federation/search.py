@@ -386,7 +386,7 @@ def _index(actor, job: _Job) -> None:
         with transaction.atomic():
             for remote in answer.remotes:
                 try:
-                    index_study(endpoint, remote, counts)
+                    index_study(endpoint, remote, counts, actor=actor)
                 except IdentityConflict as exc:
                     counts.errors.append({"code": "identity_conflict", "study": remote.study_instance_uid, "message": str(exc)})
             if counts.created or counts.updated or counts.errors:

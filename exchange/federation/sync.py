@@ -180,7 +180,7 @@ STUDY_UPDATABLE = ["study_date", "study_time", "accession_number", "study_id", "
                    "patient_name_phonetic", "patient_birth_date", "patient_sex", "name_search"]
 
 
-def index_study(endpoint, remote: RemoteStudy, counts: WindowCounts) -> None:
+def index_study(endpoint, remote: RemoteStudy, counts: WindowCounts, actor=None) -> None:
     """Upsert one remote study with its series and instances. Call inside a transaction."""
     hospital = endpoint.hospital
     with transaction.atomic():  # savepoint: a refused identity leaves no rows
@@ -192,9 +192,10 @@ def index_study(endpoint, remote: RemoteStudy, counts: WindowCounts) -> None:
         study = Study.objects.select_for_update().get(pk=study.pk)
         if study.availability == Availability.LOCAL:
             return  # the hospital also pushed it: the stored copy is the index entry
-        if study.patient_id != identifier.patient_id:
-            raise IdentityConflict("StudyInstanceUID already indexed at this hospital for a different patient")
         changed = created
+        if study.patient_id != identifier.patient_id:
+            _reassign(study, identifier, endpoint, actor)
+            changed = True
         if study.availability == Availability.WITHDRAWN:  # the archive holds it again
             Study.objects.filter(pk=study.pk).update(availability=Availability.REMOTE)
             study.availability = Availability.REMOTE
@@ -271,6 +272,23 @@ def withdraw(endpoint, study_ids: list[int], actor, job_id: int | None) -> int:
     return n
 
 
+def _reassign(study, identifier, endpoint, actor) -> None:
+    """The archive now files this study under another of its patients (a PACS correction: the
+    study had been registered to the wrong patient). The archive is the authority on its own
+    studies, and showing a study under the wrong patient is the worse error: the index follows
+    it, in the same transaction, with a PATIENT_RECORD audit event naming both patients by key.
+    Access follows at once: consents, share links and break-glass are per patient, so the first
+    patient's no longer reach the study. Called only for remote (or withdrawn) studies: a stored
+    study's patient comes from its own files (the ingest refuses a conflicting push)."""
+    previous = study.patient_id
+    study.patient, study.identifier = identifier.patient, identifier
+    study.save(update_fields=["patient", "identifier", "updated_at"])
+    record(Event.PATIENT_RECORD, actor, Outcome.SUCCESS, study=study, patient=identifier.patient,
+           details={"action": "study_reassigned_at_source", "endpoint": endpoint.pk, "hospital": endpoint.hospital.code,
+                    "from_patient": previous, "to_patient": identifier.patient_id})
+    log.info("sync: endpoint %s moved study %s to another patient at its source", endpoint.pk, study.pk)
+
+
 # --- the job -----------------------------------------------------------------------------------
 
 
@@ -313,7 +331,7 @@ def run_sync(job: SyncJob, *, since: date | None = None, connector: Connector | 
         with transaction.atomic():
             for remote in remote_studies:
                 try:
-                    index_study(endpoint, remote, counts)
+                    index_study(endpoint, remote, counts, actor=job.requested_by)
                 except IdentityConflict as exc:
                     counts.errors.append({"code": "identity_conflict", "study": remote.study_instance_uid, "message": str(exc)})
             counts.withdrawn = withdraw(endpoint, gone, job.requested_by, job.pk)

@@ -167,3 +167,46 @@ def test_a_study_deleted_at_the_archive_is_withdrawn_by_a_full_sync_and_comes_ba
     full_sync()
     assert Study.objects.get(study_instance_uid=deleted).availability == Availability.REMOTE
     assert deleted in [s["0020000D"]["Value"][0] for s in client.get("/dicomweb/studies").json()]
+
+
+def test_a_study_the_archive_moves_to_another_patient_follows_it(flaky_archive, hospital_a,
+                                                                   django_capture_on_commit_callbacks):
+    import requests
+
+    from audit.models import AuditEvent, Event
+
+    endpoint = endpoint_create(hospital=hospital_a, kind="dicomweb", name="PACS", qido_url=flaky_archive.dicomweb, timeout=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        endpoint_sync_start(endpoint=endpoint)
+    study = Study.objects.filter(hospital=hospital_a).order_by("study_instance_uid").first()
+    before = study.patient_id
+    # the PACS corrects a mis-filed study: same UIDs, filed under another patient
+    s = requests.Session()
+    s.auth = flaky_archive.auth
+    (orthanc_id,) = [f["ID"] for f in s.post(flaky_archive.url + "/tools/lookup", data=study.study_instance_uid,
+                                             timeout=30).json()]
+    modified = []
+    for instance in s.get(f"{flaky_archive.url}/studies/{orthanc_id}/instances", timeout=30).json():
+        r = s.post(f"{flaky_archive.url}/instances/{instance['ID']}/modify", timeout=60, json={
+            "Replace": {"PatientID": "PPH-MOVED-1", "PatientName": "Zhou^Moved=周^移", "PatientBirthDate": "19700101",
+                        "PatientSex": "F"},
+            "Remove": ["OtherPatientIDsSequence"],  # another person: not the first patient's identity card
+            "Keep": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"], "Force": True})
+        assert r.status_code == 200, r.text
+        modified.append(r.content)
+    s.delete(f"{flaky_archive.url}/studies/{orthanc_id}", timeout=30).raise_for_status()
+    for body in modified:
+        s.post(f"{flaky_archive.url}/instances", data=body, timeout=30).raise_for_status()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job = endpoint_sync_start(endpoint=endpoint, since=datetime.date(1980, 1, 1), trigger="operator")
+    job.refresh_from_db()
+    assert job.status == JobStatus.DONE and job.errors == [], (job.message, job.errors)
+
+    study.refresh_from_db()
+    assert study.patient_id != before and study.identifier.local_id == "PPH-MOVED-1"
+    assert study.dicom_patient_id == "PPH-MOVED-1" and study.availability == "remote"
+    event = AuditEvent.objects.get(event=Event.PATIENT_RECORD, study=study, details__action="study_reassigned_at_source")
+    assert (event.patient_id, event.details["from_patient"], event.details["to_patient"]) == (
+        study.patient_id, before, study.patient_id)
+    assert uids(hospital_a) == sorted(source_index(flaky_archive))  # nothing duplicated, nothing withdrawn

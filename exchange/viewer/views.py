@@ -10,6 +10,7 @@ from django.db.models import Count, Sum
 from django.http import HttpResponseForbidden, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.functional import cached_property
 
 from audit import record
 from audit.models import Event, Outcome
@@ -44,6 +45,26 @@ def home(request):
         return redirect("search")
     hospitals = Hospital.objects.annotate(n_studies=Count("studies")).order_by("code")
     return render(request, "viewer/overview.html", {"hospitals": hospitals, "role": role})
+
+
+class CappedPaginator(Paginator):
+    """A pager that counts at most ``cap`` matches: counting every study a broad search matches
+    (a surname across a province) costs more than finding the first page. ``capped``: there are
+    more; the page says so and asks to narrow the search."""
+
+    cap = 1000
+
+    @cached_property
+    def matches(self) -> int:
+        return self.object_list[: self.cap + 1].count()  # SELECT COUNT(*) FROM (… LIMIT cap + 1)
+
+    @cached_property
+    def count(self) -> int:
+        return min(self.matches, self.cap)
+
+    @property
+    def capped(self) -> bool:
+        return self.matches > self.cap
 
 
 @login_required
@@ -82,7 +103,7 @@ def search(request):
                                                  details={"page": "search", "query": {k: v for k, v in fields.items() if v}})
                 except PatientNotVisible:  # access ended since the search found them (audited)
                     target = None
-            page = Paginator(qs, 25).get_page(request.GET.get("page"))
+            page = CappedPaginator(qs, 25).get_page(request.GET.get("page"))
             if federated is not None:
                 for study in page.object_list:
                     study.freshness = federated.freshness_of(study)
@@ -90,7 +111,7 @@ def search(request):
                 with transaction.atomic():
                     record(Event.QUERY, request.user, purpose=policy.purpose_for(request.user),
                            details={"page": "search", "query": {k: v for k, v in fields.items() if v},
-                                    "results": page.paginator.count})
+                                    "results": page.paginator.count, "more": page.paginator.capped})
     return render(request, "viewer/search.html", {"page": page, "error": error, "form": request.GET, "searched": searched,
                                                   "target": target, "federated": federated,
                                                   "refresh_timeout": f"{settings.EXCHANGE_FEDERATED_SEARCH_TIMEOUT:g}"})

@@ -45,6 +45,21 @@ def test_clinician_searches_by_hanzi_or_pinyin_and_sees_own_hospital_only(studie
     assert AuditEvent.objects.filter(event=Event.QUERY, actor=clinician_a).count() == 5
 
 
+def test_a_broad_search_counts_only_up_to_the_cap_and_says_so(ingest_a, clinician_a, monkeypatch):
+    from exchange.viewer.views import CappedPaginator
+
+    for n in range(3):
+        stow(ingest_a, ct_dataset(patient_id=f"PPH000{n}"))
+    client = login(clinician_a)
+    assert "3 studies you may see." in client.get("/search/", {"name": "wang"}).content.decode()
+    monkeypatch.setattr(CappedPaginator, "cap", 2)
+    page = client.get("/search/", {"name": "wang"}).content.decode()
+    assert "More than 2 studies you may see; the newest 2 are listed." in page and "Page 1 of 1" in page
+    assert page.count('href="/studies/') == 2  # the newest two rows, one page
+    event = AuditEvent.objects.filter(event=Event.QUERY, actor=clinician_a).latest("id")
+    assert (event.details["results"], event.details["more"]) == (2, True)
+
+
 def test_study_page_and_image_pager(studies, clinician_a):
     study, _ = studies
     client = login(clinician_a)

@@ -11,24 +11,35 @@ from tests.dicom import ct_dataset
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
-def client_for(live_server, user) -> DICOMwebClient:
-    token, _ = Token.objects.get_or_create(user=user)
-    session = requests.Session()
-    session.headers["Authorization"] = f"Token {token.key}"
-    return DICOMwebClient(url=f"{live_server.url}/dicomweb", session=session)
+@pytest.fixture
+def client_for(live_server):
+    """DICOMweb clients for users; their keep-alive connections are closed after the test, so no
+    live-server thread is left waiting on one when the test process exits."""
+    sessions = []
+
+    def make(user) -> DICOMwebClient:
+        token, _ = Token.objects.get_or_create(user=user)
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {token.key}"
+        sessions.append(session)
+        return DICOMwebClient(url=f"{live_server.url}/dicomweb", session=session)
+
+    yield make
+    for session in sessions:
+        session.close()
 
 
-def test_store_search_retrieve_with_dicomweb_client(live_server, ingest_a, clinician_a):
+def test_store_search_retrieve_with_dicomweb_client(client_for, ingest_a, clinician_a):
     datasets = [ct_dataset(patient_id="PPH0042", instance_number=n) for n in (1, 2, 3)]
     for ds in datasets[1:]:
         ds.StudyInstanceUID, ds.SeriesInstanceUID = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
 
-    gateway = client_for(live_server, ingest_a)
+    gateway = client_for(ingest_a)
     response = gateway.store_instances(datasets)
     assert len(response.ReferencedSOPSequence) == 3
     assert "FailedSOPSequence" not in response
 
-    clinician = client_for(live_server, clinician_a)
+    clinician = client_for(clinician_a)
     studies = clinician.search_for_studies(search_filters={"PatientName": "王*"})
     assert [pydicom.Dataset.from_json(s).StudyInstanceUID for s in studies] == [datasets[0].StudyInstanceUID]
     instances = clinician.search_for_instances(study_instance_uid=datasets[0].StudyInstanceUID)

@@ -18,12 +18,11 @@ prefetch task) have asked consent.policy and written their audit events.
 
 Public functions (also for bench/federation.py):
     is_remote(instance)         held by an archive, not stored by the platform
-    open_instance(instance)     -> Fetch (transfer_syntax_uid, chunks(), close()); from the cache,
-                                   else from the source while filling the cache
-    open_instances(instances)   -> Fetch per instance; a series not cached comes in one request
+    open_instances(instances)   -> a Fetch (transfer_syntax_uid, chunks(), close()) per instance:
+                                   storage, cache, or the source while filling the cache; a
+                                   series not cached comes in one request
     warm(instances)             -> Warmed(fetched, bytes, there); metadata reads, prefetch
     instance_path(instance)     -> str; a file to read (storage, or the cache after a fetch)
-    ensure_cached(instance)     -> (fetched: bool, size: int); prefetch
     move_to_platform(instance)  -> bool; C-MOVE to the platform's SCP, wait for the ingest
     is_cached(instance)         -> bool
 """
@@ -402,7 +401,7 @@ def _open_group(group: list, chunk_size: int, connector) -> Iterator[Fetch]:
     if moves_to_platform(group[0]):
         yield from _open_moved_group(group, chunk_size, connector)
         return
-    pending = [i for i in group if is_remote(i) and not moves_to_platform(i) and not is_cached(i)]
+    pending = [i for i in group if is_remote(i) and not is_cached(i)]
     endpoint = series.study.source_endpoint
     whole = (endpoint is not None and len(pending) >= max(SERIES_MIN_INSTANCES, series.num_instances / 2)
              and connector(endpoint).retrieves_series)
@@ -535,38 +534,6 @@ def warm(instances, counts: Warmed | None = None) -> Warmed:
     return counts
 
 
-def open_instance(instance, *, chunk_size: int = CHUNK) -> Fetch:
-    """A remote instance's bytes: from the cache, else from its source while filling the cache.
-    Raises ConnectorError (nothing sent yet) if the source cannot deliver its first bytes; a
-    failure later raises ConnectorError from ``chunks()``."""
-    fetch = _from_cache(instance, chunk_size)
-    if fetch is not None:
-        return fetch
-    if moves_to_platform(instance):
-        move_to_platform(instance)
-        return _from_storage(instance, chunk_size)
-    return _from_source(instance, chunk_size)
-
-
-def ensure_cached(instance) -> tuple[bool, int]:
-    """Make sure a remote instance is in the cache (or, for a C-MOVE archive, in the platform's
-    storage). Returns (fetched now, bytes)."""
-    if instance.storage_key:
-        return False, instance.size
-    endpoint_id = instance.series.study.source_endpoint_id
-    if endpoint_id is not None:
-        path = cache.lookup(endpoint_id, instance.sop_instance_uid)
-        if path is not None:
-            return False, path.stat().st_size
-    if moves_to_platform(instance):
-        return move_to_platform(instance), instance.size
-    fetch = _from_source(instance, CHUNK)
-    size = 0
-    for chunk in fetch.chunks():
-        size += len(chunk)
-    return True, size
-
-
 def instance_path(instance) -> str:
     """A file holding the instance, to read frames or headers from (fetch-then-serve for remote
     instances; the caller should read it soon: a cache entry can be evicted later)."""
@@ -578,7 +545,8 @@ def instance_path(instance) -> str:
         move_to_platform(instance)
         return str(storage.path_for(instance.storage_key))
     if path is None:
-        ensure_cached(instance)
+        for _ in _from_source(instance, CHUNK).chunks():  # fill the cache entry
+            pass
         path = cache.lookup(endpoint.pk, instance.sop_instance_uid)
         if path is None:  # evicted at once: a cache smaller than one instance
             raise ConnectorError(ErrorCode.CONFIG, "The retrieve cache is too small to hold this instance "
